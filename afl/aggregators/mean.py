@@ -1,0 +1,34 @@
+"""Weighted mean over valid rows (FedAvg's aggregate)."""
+import jax.numpy as jnp
+
+from afl.aggregators import base
+
+
+def weighted_mean_flat(flat, weights, valid):
+  """[K, D] -> [D]: sum_k w_k x_k / sum_k w_k over valid rows (0 if none)."""
+  w = jnp.where(valid, weights, 0.0).astype(flat.dtype)
+  safe = jnp.where(valid[:, None], flat, 0.0)
+  total = jnp.sum(w)
+  return jnp.where(total > 0, (w @ safe) / jnp.where(total > 0, total, 1.0), 0.0)
+
+
+@base.register("mean")
+def mean() -> base.Aggregator:
+  """Weighted mean of the valid updates.
+
+  >>> import jax.numpy as jnp
+  >>> agg = mean()
+  >>> out, _ = agg.apply({"w": jnp.array([[1.0], [3.0]])}, jnp.ones(2),
+  ...                    jnp.array([True, True]), agg.init())
+  >>> float(out["w"][0])
+  2.0
+  """
+  def init():
+    return ()
+
+  def apply(updates, weights, mask, state):
+    flat, unravel = base.flatten_updates(updates)
+    valid = base.valid_rows(flat, mask)
+    return unravel(weighted_mean_flat(flat, weights, valid)), state
+
+  return base.Aggregator(init, apply)
