@@ -1,0 +1,429 @@
+"""Differential privacy kernels: client DP-SGD and server-side DP-FedAvg.
+
+Everything here is a pure function of arrays (plus static Python numbers such
+as `microbatch_size`), so it runs under `jax.jit` and under an outer
+`jax.vmap` over clients, each client with its own PRNG key.
+
+Following jax_privacy's split of responsibilities, clipping returns the
+clipped *sum* together with its sensitivity, and noise is a separate step
+calibrated to that sensitivity. The sum is never rescaled before the noise is
+added: the Gaussian mechanism's guarantee is about the sum whose L2
+sensitivity is the clip norm, and any normalization (by the batch size, by
+the number of updates) happens afterwards, on the noised value, where it is
+post-processing.
+
+Client level (example-level DP, DP-SGD):
+
+  g = (sum_b clip_C(grad_b) + N(0, (sigma C)^2 I)) / B
+
+Server level (user-level DP, DP-FedAvg):
+
+  Delta = (sum_k clip_S(Delta_k) + N(0, (sigma S)^2 I)) / n
+
+References:
+  Abadi et al. 2016, "Deep Learning with Differential Privacy", CCS.
+  McMahan et al. 2018, "Learning Differentially Private Recurrent Language
+    Models", ICLR (DP-FedAvg).
+"""
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+PyTree = Any
+
+# Aggregators whose output has the clipped sum's sensitivity. Anything
+# order-statistic based (median, trimmed mean, Krum, ...) has a different,
+# data-dependent sensitivity that the Gaussian noise below is not calibrated
+# to, so user-level DP is only offered together with the mean.
+_SERVER_DP_AGGREGATORS = ("mean",)
+
+
+# --------------------------------------------------------------------------
+# Per-example gradients.
+# --------------------------------------------------------------------------
+
+
+def _batch_size(batch: PyTree) -> int:
+  leaves = jax.tree_util.tree_leaves(batch)
+  if not leaves:
+    raise ValueError("batch has no array leaves")
+  return leaves[0].shape[0]
+
+
+def _chunk(batch: PyTree, mask: jax.Array, microbatch_size: int):
+  """Pads the batch to a multiple of `microbatch_size` and splits it.
+
+  Padding rows get mask False, so they contribute exactly zero wherever the
+  mask is honoured; their content (zeros) only has to be a valid input.
+
+  Returns:
+    (chunked batch with leaves [n, m, ...], chunked mask [n, m]).
+  """
+  size = _batch_size(batch)
+  m = int(microbatch_size)
+  if m <= 0:
+    raise ValueError(f"microbatch_size must be positive, got {m}")
+  n = -(-size // m)
+  pad = n * m - size
+
+  def split(x):
+    if pad:
+      x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)], 0)
+    return x.reshape((n, m) + x.shape[1:])
+
+  return jax.tree_util.tree_map(split, batch), split(mask.astype(bool))
+
+
+def _masked_grads(loss_fn, params, batch, mask):
+  grads = jax.vmap(jax.grad(loss_fn), in_axes=(None, 0))(params, batch)
+  # `where`, not a multiply: a padded example may have a NaN gradient (it is
+  # garbage input), and 0 * NaN would leak it into the sum.
+  return jax.tree_util.tree_map(
+      lambda g: jnp.where(_bcast(mask, g), g, jnp.zeros((), g.dtype)), grads)
+
+
+def _bcast(v: jax.Array, like: jax.Array) -> jax.Array:
+  """[B] -> [B, 1, ..., 1] to broadcast against a [B, ...] leaf."""
+  return v.reshape(v.shape + (1,) * (like.ndim - v.ndim))
+
+
+def per_example_grads(
+    loss_fn: Callable[[PyTree, PyTree], jax.Array],
+    params: PyTree,
+    batch: PyTree,
+    mask: jax.Array,
+    microbatch_size: Optional[int] = None,
+) -> PyTree:
+  """Gradients of `loss_fn` for every example of the batch.
+
+  Args:
+    loss_fn: `loss_fn(params, example) -> scalar` for ONE example (a pytree
+      of arrays without the batch axis). Models that need a batch axis can
+      add it inside (`x[None]`).
+    params: Parameters, shared by all examples (not batched).
+    batch: Pytree of arrays with a leading batch axis B.
+    mask: [B] bool, False for padding examples, whose gradient is set to
+      exactly zero.
+    microbatch_size: If set, gradients are computed `microbatch_size`
+      examples at a time with `lax.map` over chunks, which bounds the peak
+      memory of the backward pass; the result is the same (up to float
+      rounding in XLA's fusion choices).
+
+  Returns:
+    Pytree like `params` with a leading axis B on every leaf.
+
+  >>> import jax.numpy as jnp
+  >>> loss = lambda w, ex: 0.5 * jnp.sum((w * ex["x"]) ** 2)
+  >>> g = per_example_grads(loss, jnp.ones(2), {"x": jnp.array([[1., 2.],
+  ...     [3., 4.]])}, jnp.array([True, False]))
+  >>> g.tolist()
+  [[1.0, 4.0], [0.0, 0.0]]
+  """
+  mask = jnp.asarray(mask, bool)
+  if microbatch_size is None:
+    return _masked_grads(loss_fn, params, batch, mask)
+  size = _batch_size(batch)
+  chunks, cmask = _chunk(batch, mask, microbatch_size)
+  out = lax.map(lambda c: _masked_grads(loss_fn, params, c[0], c[1]),
+                (chunks, cmask))
+  return jax.tree_util.tree_map(
+      lambda g: g.reshape((-1,) + g.shape[2:])[:size], out)
+
+
+# --------------------------------------------------------------------------
+# Clipping and noise.
+# --------------------------------------------------------------------------
+
+
+def per_example_global_norms(per_example_grads: PyTree) -> jax.Array:
+  """[B, ...] pytree -> [B] L2 norms over all leaves of each example (f32)."""
+  leaves = jax.tree_util.tree_leaves(per_example_grads)
+  sq = [jnp.sum(jnp.square(x.astype(jnp.float32)).reshape(x.shape[0], -1),
+                axis=1) for x in leaves]
+  return jnp.sqrt(sum(sq))
+
+
+def _clip_scales(norms: jax.Array, clip_norm) -> jax.Array:
+  # min(1, C / norm) with `tiny` guarding norm == 0 (scale 1, and C/tiny may
+  # overflow to inf, which the min absorbs).
+  tiny = jnp.finfo(jnp.float32).tiny
+  return jnp.minimum(1.0, jnp.asarray(clip_norm, jnp.float32) / (norms + tiny))
+
+
+def _clip_and_sum(per_example_grads, mask, clip_norm):
+  """Clipped sum plus the per-example norms (for metrics)."""
+  mask = jnp.asarray(mask, bool)
+  norms = per_example_global_norms(per_example_grads)
+  scales = _clip_scales(norms, clip_norm)
+
+  def leaf_sum(g):
+    s = _bcast(scales, g).astype(g.dtype)
+    return jnp.sum(jnp.where(_bcast(mask, g), g * s, jnp.zeros((), g.dtype)),
+                   axis=0)
+
+  total = jax.tree_util.tree_map(leaf_sum, per_example_grads)
+  return total, norms
+
+
+def clipped_sum(
+    per_example_grads: PyTree,
+    mask: jax.Array,
+    clip_norm,
+) -> tuple[PyTree, jax.Array, jax.Array]:
+  """Sum of per-example gradients, each clipped to global L2 norm `clip_norm`.
+
+  Each example's gradient g_b is scaled by min(1, C / ||g_b||) (the norm taken
+  over the whole pytree), so examples already inside the ball pass unchanged.
+  Padding examples (mask False) contribute exactly zero and are not counted.
+
+  Args:
+    per_example_grads: Pytree whose leaves have a leading batch axis B.
+    mask: [B] bool, False for padding.
+    clip_norm: The clip norm C (Python float or scalar array).
+
+  Returns:
+    (clipped sum, a pytree without the batch axis; number of valid examples,
+    int32 scalar; L2 sensitivity of the sum under adding/removing one example,
+    which is C).
+
+  References:
+    Abadi et al. 2016, "Deep Learning with Differential Privacy", Alg. 1.
+
+  >>> import jax.numpy as jnp
+  >>> s, n, c = clipped_sum(jnp.array([[3., 4.], [0.3, 0.4], [9., 9.]]),
+  ...                       jnp.array([True, True, False]), 1.0)
+  >>> [round(v, 4) for v in s.tolist()], int(n), float(c)
+  ([0.9, 1.2], 2, 1.0)
+  """
+  mask = jnp.asarray(mask, bool)
+  total, _ = _clip_and_sum(per_example_grads, mask, clip_norm)
+  num_valid = jnp.sum(mask.astype(jnp.int32))
+  return total, num_valid, jnp.asarray(clip_norm, jnp.float32)
+
+
+def add_gaussian_noise(tree: PyTree, key: jax.Array, stddev) -> PyTree:
+  """Adds independent N(0, stddev^2) noise to every coordinate of every leaf.
+
+  Each leaf gets its own key from `jax.random.split`, so leaves of equal shape
+  receive independent noise. With `stddev == 0` the tree comes back unchanged
+  bit for bit (x + 0.0 == x).
+
+  >>> import jax, jax.numpy as jnp
+  >>> out = add_gaussian_noise({"a": jnp.zeros(3)}, jax.random.key(0), 0.0)
+  >>> out["a"].tolist()
+  [0.0, 0.0, 0.0]
+  """
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  keys = jax.random.split(key, max(len(leaves), 1))
+  noised = [
+      x + (jnp.asarray(stddev, jnp.float32)
+           * jax.random.normal(k, x.shape, jnp.float32)).astype(x.dtype)
+      for x, k in zip(leaves, keys)
+  ]
+  return jax.tree_util.tree_unflatten(treedef, noised)
+
+
+# --------------------------------------------------------------------------
+# DP-SGD gradient.
+# --------------------------------------------------------------------------
+
+
+def dp_sgd_gradient(
+    loss_fn: Callable[[PyTree, PyTree], jax.Array],
+    params: PyTree,
+    batch: PyTree,
+    mask: jax.Array,
+    key: jax.Array,
+    clip_norm,
+    noise_multiplier,
+    microbatch_size: Optional[int] = None,
+) -> tuple[PyTree, dict]:
+  """One DP-SGD gradient: clip per example, sum, add noise, divide by B.
+
+  g = (sum_b clip_C(grad_b) + N(0, (sigma C)^2 I)) / B.
+
+  The divisor is the fixed, padded batch size B (a static shape), not the
+  number of valid examples. B is public and data-independent, so dividing by
+  it is post-processing of the Gaussian mechanism; dividing by the count of
+  valid examples would make the scale depend on whether a record is present.
+  With a full batch this is the usual mean gradient; with padding it is
+  shrunk by (valid / B), exactly as standard fixed-batch-size DP-SGD does,
+  and the accountant's sampling rate should be B / shard size.
+
+  Works under `jax.jit` and under an outer `jax.vmap` over clients (batch,
+  mask, key — and params, if clients start from different versions — mapped
+  on axis 0).
+
+  Args:
+    loss_fn: `loss_fn(params, example) -> scalar` for one example.
+    params: Model parameters.
+    batch: Pytree of [B, ...] arrays.
+    mask: [B] bool, False for padding examples.
+    key: PRNG key for the noise (one per client and step).
+    clip_norm: Per-example clip norm C.
+    noise_multiplier: sigma; the noise stddev on the sum is sigma * C.
+    microbatch_size: If set, the batch is processed in chunks of this many
+      examples with `lax.scan`, accumulating the clipped sum, so only one
+      chunk's per-example gradients are alive at a time.
+
+  Returns:
+    (noised mean gradient, a pytree like params; aux dict with
+    `clipped_fraction` (share of valid examples whose norm exceeded C),
+    `grad_norm` (mean pre-clip norm over valid examples) and `num_valid`).
+
+  References:
+    Abadi et al. 2016, "Deep Learning with Differential Privacy", CCS.
+
+  >>> import jax, jax.numpy as jnp
+  >>> loss = lambda w, ex: jnp.sum(w * ex)
+  >>> g, aux = dp_sgd_gradient(loss, jnp.zeros(2), jnp.array([[3., 4.],
+  ...     [0., .5]]), jnp.array([True, True]), jax.random.key(0), 1.0, 0.0)
+  >>> [round(v, 4) for v in g.tolist()], float(aux["clipped_fraction"])
+  ([0.3, 0.65], 0.5)
+  """
+  mask = jnp.asarray(mask, bool)
+  size = _batch_size(batch)
+  if microbatch_size is None:
+    grads = _masked_grads(loss_fn, params, batch, mask)
+    total, norms = _clip_and_sum(grads, mask, clip_norm)
+    valid_norms = jnp.where(mask, norms, 0.0)
+    n_clipped = jnp.sum(mask & (norms > clip_norm))
+    norm_sum = jnp.sum(valid_norms)
+  else:
+    chunks, cmask = _chunk(batch, mask, microbatch_size)
+
+    def body(carry, chunk):
+      acc, n_clip, nsum = carry
+      c_batch, c_mask = chunk
+      g = _masked_grads(loss_fn, params, c_batch, c_mask)
+      s, nrm = _clip_and_sum(g, c_mask, clip_norm)
+      acc = jax.tree_util.tree_map(jnp.add, acc, s)
+      n_clip = n_clip + jnp.sum(c_mask & (nrm > clip_norm))
+      nsum = nsum + jnp.sum(jnp.where(c_mask, nrm, 0.0))
+      return (acc, n_clip, nsum), None
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    (total, n_clipped, norm_sum), _ = lax.scan(
+        body, (zeros, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)),
+        (chunks, cmask))
+
+  num_valid = jnp.sum(mask.astype(jnp.int32))
+  stddev = (jnp.asarray(noise_multiplier, jnp.float32)
+            * jnp.asarray(clip_norm, jnp.float32))
+  noised = add_gaussian_noise(total, key, stddev)
+  grad = jax.tree_util.tree_map(lambda x: x / jnp.asarray(size, x.dtype),
+                                noised)
+  denom = jnp.maximum(num_valid, 1).astype(jnp.float32)
+  aux = {
+      "clipped_fraction": n_clipped.astype(jnp.float32) / denom,
+      "grad_norm": norm_sum / denom,
+      "num_valid": num_valid,
+  }
+  return grad, aux
+
+
+# --------------------------------------------------------------------------
+# Server (user-level) DP: DP-FedAvg.
+# --------------------------------------------------------------------------
+
+
+def clip_updates(flat: jax.Array, valid: jax.Array, clip_norm) -> jax.Array:
+  """Clips each client update (row) to L2 norm `clip_norm`.
+
+  Rows that are not valid, or that hold a NaN or inf, come back as exact
+  zeros, so they add nothing to a sum.
+
+  Args:
+    flat: [K, D] updates, one row per client.
+    valid: [K] bool.
+    clip_norm: The user-level clip norm S.
+
+  Returns:
+    [K, D] clipped updates.
+
+  References:
+    McMahan et al. 2018, "Learning Differentially Private Recurrent Language
+      Models" (per-user clipping in DP-FedAvg).
+
+  >>> import jax.numpy as jnp
+  >>> out = clip_updates(jnp.array([[3., 4.], [.3, .4]]),
+  ...                    jnp.array([True, False]), 1.0)
+  >>> [[round(v, 4) for v in row] for row in out.tolist()]
+  [[0.6, 0.8], [0.0, 0.0]]
+  """
+  ok = jnp.asarray(valid, bool) & jnp.all(jnp.isfinite(flat), axis=1)
+  safe = jnp.where(ok[:, None], flat, jnp.zeros((), flat.dtype))
+  norms = jnp.sqrt(jnp.sum(jnp.square(safe.astype(jnp.float32)), axis=1))
+  return safe * _clip_scales(norms, clip_norm)[:, None].astype(flat.dtype)
+
+
+def server_noised_mean(
+    flat: jax.Array,
+    valid: jax.Array,
+    clip_norm,
+    noise_multiplier,
+    key: jax.Array,
+    expected_count=None,
+) -> jax.Array:
+  """DP-FedAvg aggregate: (sum of clipped updates + N(0, (sigma S)^2)) / n.
+
+  Each valid update is clipped to S, so adding or removing one client changes
+  the sum by at most S in L2; Gaussian noise of stddev sigma * S per
+  coordinate is added to the *sum*, and only then is it divided.
+
+  The divisor n is, by default, the number of valid updates. That count is
+  data-dependent under add/remove-one neighbouring, but in afl's buffered
+  and synchronous modes it is the (public) buffer size or cohort size, fixed
+  before any data is seen, so dividing by it is post-processing. When the
+  count can vary with participation, pass `expected_count` (e.g. q * N, the
+  expected number of participants): McMahan et al.'s fixed-denominator
+  estimator, which is unbiased and exactly post-processing.
+
+  Args:
+    flat: [K, D] client updates.
+    valid: [K] bool; rows with NaN/inf are also treated as invalid.
+    clip_norm: User-level clip norm S.
+    noise_multiplier: sigma.
+    key: PRNG key for the noise.
+    expected_count: Optional fixed divisor (Python number or scalar array).
+
+  Returns:
+    [D] noised mean update.
+
+  References:
+    McMahan et al. 2018, "Learning Differentially Private Recurrent Language
+      Models", ICLR, Alg. 1 (DP-FedAvg).
+
+  >>> import jax, jax.numpy as jnp
+  >>> out = server_noised_mean(jnp.array([[3., 4.], [1., 0.]]),
+  ...     jnp.array([True, True]), 1.0, 0.0, jax.random.key(0))
+  >>> [round(v, 4) for v in out.tolist()]
+  [0.8, 0.4]
+  """
+  ok = jnp.asarray(valid, bool) & jnp.all(jnp.isfinite(flat), axis=1)
+  total = jnp.sum(clip_updates(flat, ok, clip_norm), axis=0)
+  stddev = (jnp.asarray(noise_multiplier, jnp.float32)
+            * jnp.asarray(clip_norm, jnp.float32))
+  noised = add_gaussian_noise(total, key, stddev)
+  if expected_count is None:
+    denom = jnp.maximum(jnp.sum(ok.astype(jnp.int32)), 1)
+  else:
+    denom = expected_count
+  return noised / jnp.asarray(denom, noised.dtype)
+
+
+def check_server_dp_compatible(aggregator_name: str) -> None:
+  """Raises ValueError unless server DP can be combined with this aggregator.
+
+  The server's Gaussian noise is calibrated to the L2 sensitivity S of a
+  *sum* of clipped updates. A median, trimmed mean, Krum or hybrid pipeline
+  has a different (data-dependent) sensitivity, so the same noise would not
+  give the stated guarantee; only `mean` is accepted.
+  """
+  if aggregator_name not in _SERVER_DP_AGGREGATORS:
+    raise ValueError(
+        f"server DP needs aggregator 'mean', got {aggregator_name!r}: its "
+        "noise is calibrated to the clipped sum's sensitivity, not a robust "
+        "aggregate's.")
