@@ -1,0 +1,189 @@
+"""Local client training: three pure functions and the backends that run them.
+
+`client_init`, `client_step` and `client_final` (fedjax's for_each_client
+shape) are run by interchangeable backends over a cohort of tasks:
+
+- `vmap`: the padded cohort as one jitted program, `jax.vmap` over clients
+  and `lax.scan` over local steps (the accelerator path);
+- `loop`: a Python loop over clients and steps of jitted calls (faster on
+  XLA:CPU, where vmapped or scanned convolutions are slow; see
+  benchmarks/NOTES.md);
+- `debug`: the same loop without jit, for stepping through in a debugger.
+
+Every task's randomness comes from `fold_in(fold_in(root, client_id),
+task_index)`, never from its position in a cohort, so how tasks are grouped
+into cohorts cannot change any result (DESIGN.md, "exact lazy batching").
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+@flax.struct.dataclass
+class ClientData:
+  """Training data on device; clients own CSR slices of `indices`."""
+  x: jax.Array  # [N, ...] examples
+  y: jax.Array  # [N] int labels
+  indices: jax.Array  # [total] int32, client shards back to back
+  offsets: jax.Array  # [num_clients + 1] int32
+
+
+@flax.struct.dataclass
+class ClientState:
+  params: Any
+  opt_state: Any
+  key: jax.Array
+  loss_sum: jax.Array
+
+
+def task_key(root: jax.Array, client_id, task_index) -> jax.Array:
+  return jax.random.fold_in(jax.random.fold_in(root, client_id), task_index)
+
+
+def cross_entropy_loss(apply_fn):
+  def loss_fn(params, x, y):
+    logits = apply_fn(params, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  return loss_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientFns:
+  """The three pure client functions for one model/optimizer/config."""
+  init: Callable[..., ClientState]
+  step: Callable[..., ClientState]
+  final: Callable[..., tuple[Any, jax.Array]]
+  local_steps: int
+
+
+def make_client_fns(loss_fn, optimizer: optax.GradientTransformation,
+                    batch_size: int, local_steps: int) -> ClientFns:
+  """Builds client_init / client_step / client_final.
+
+  Args:
+    loss_fn: (params, x [B, ...], y [B]) -> scalar mean loss.
+    optimizer: the client's optax optimizer (fresh state every task).
+    batch_size: examples per local step, sampled with replacement from the
+      client's shard with the task's own key.
+    local_steps: number of `step` calls per task.
+
+  Returns:
+    ClientFns whose `final(state, start_params)` gives (delta, mean loss),
+    delta = trained params - start params.
+  """
+  def init(params, root_key, client_id, task_index):
+    return ClientState(params=params, opt_state=optimizer.init(params),
+                       key=task_key(root_key, client_id, task_index),
+                       loss_sum=jnp.zeros((), jnp.float32))
+
+  def step(state: ClientState, data: ClientData, client_id):
+    key, sub = jax.random.split(state.key)
+    start = data.offsets[client_id]
+    size = data.offsets[client_id + 1] - start
+    pos = jax.random.randint(sub, (batch_size,), 0, jnp.maximum(size, 1))
+    idx = data.indices[start + pos]
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, data.x[idx],
+                                              data.y[idx])
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    return ClientState(params=optax.apply_updates(state.params, updates),
+                       opt_state=opt_state, key=key,
+                       loss_sum=state.loss_sum + loss)
+
+  def final(state: ClientState, start_params):
+    delta = jax.tree_util.tree_map(jnp.subtract, state.params, start_params)
+    return delta, state.loss_sum / local_steps
+
+  return ClientFns(init, step, final, local_steps)
+
+
+def _vmap_cohort(fns: ClientFns):
+  def one(params, root_key, client_id, task_index, data):
+    state = fns.init(params, root_key, client_id, task_index)
+    state, _ = jax.lax.scan(lambda s, _: (fns.step(s, data, client_id), None),
+                            state, None, length=fns.local_steps)
+    return fns.final(state, params)
+  return jax.vmap(one, in_axes=(0, None, 0, 0, None))
+
+
+def _stack(*trees):
+  return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _unstack(tree, n):
+  return [jax.tree_util.tree_map(lambda a, i=i: a[i], tree) for i in range(n)]
+
+
+stack_trees = jax.jit(_stack)
+unstack_tree = jax.jit(_unstack, static_argnums=1)
+
+
+class Backend:
+  """Trains a list of tasks and returns one (delta, loss) per task.
+
+  Call as `backend(start_params, client_ids, task_indices, root_key, data)`
+  with `start_params` a list of pytrees (one per task; tasks that share a
+  version share the same arrays) and ids/indices as int sequences.
+  """
+
+  def __init__(self, fns: ClientFns, kind: str):
+    self.kind = kind
+    self.fns = fns
+    if kind == "vmap":
+      self._cohort = jax.jit(_vmap_cohort(fns))
+    elif kind in ("loop", "debug"):
+      wrap = jax.jit if kind == "loop" else (lambda f: f)
+      self._init = wrap(fns.init)
+      self._step = wrap(fns.step)
+      self._final = wrap(fns.final)
+    else:
+      raise ValueError(f"unknown client backend {kind!r}")
+
+  def __call__(self, start_params, client_ids, task_indices, root_key,
+               data: ClientData):
+    n = len(start_params)
+    if self.kind == "vmap":
+      # Pad to a power-of-two bucket with copies of row 0 (results dropped).
+      p = bucket_size(n)
+      pad = p - n
+      stacked = stack_trees(*start_params, *([start_params[0]] * pad))
+      ids = np.zeros(p, np.int32)
+      ids[:n] = client_ids
+      tasks = np.zeros(p, np.int32)
+      tasks[:n] = task_indices
+      deltas, losses = self._cohort(stacked, root_key, ids, tasks, data)
+      losses = np.asarray(losses)
+      return list(zip(unstack_tree(deltas, p)[:n], losses[:n]))
+    out = []
+    for params, cid, tidx in zip(start_params, client_ids, task_indices):
+      cid = np.int32(cid)
+      state = self._init(params, root_key, cid, np.int32(tidx))
+      for _ in range(self.fns.local_steps):
+        state = self._step(state, data, cid)
+      delta, loss = self._final(state, params)
+      out.append((delta, loss))
+    return out
+
+
+def resolve_backend(kind: str, platform: str | None = None) -> str:
+  """`auto` -> `loop` on CPU and `vmap` on accelerators.
+
+  Measured on XLA:CPU (benchmarks/RESULTS.md): the loop of jitted steps beats
+  jit(vmap) for both conv nets and MLPs; on GPU/TPU one vmapped program per
+  cohort is the point of afl.
+  """
+  if kind != "auto":
+    return kind
+  platform = platform or jax.default_backend()
+  return "loop" if platform == "cpu" else "vmap"
+
+
+def bucket_size(n: int) -> int:
+  """Pads cohorts to powers of two so XLA compiles a handful of programs."""
+  return 1 << max(0, (n - 1).bit_length())

@@ -1,0 +1,301 @@
+"""ConfigDict -> frozen dataclasses, with one-line errors naming the key.
+
+Only builders read a ConfigDict (STYLE.md #3). `build_config(cfg)` walks the
+dataclass tree below, rejects unknown keys, checks each value's type and
+range, and returns an `ExperimentConfig` that jitted code may close over.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from typing import Any
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A bad config value; the message is one line naming the key."""
+
+
+def _fail(path: str, msg: str):
+  raise ConfigError(f"config.{path}: {msg}")
+
+
+def _choice(path, value, options):
+  if value not in options:
+    _fail(path, f"must be one of {list(options)}, got {value!r}")
+
+
+def _range(path, value, lo=None, hi=None, lo_open=False):
+  if lo is not None and (value < lo or (lo_open and value == lo)):
+    _fail(path, f"must be {'>' if lo_open else '>='} {lo}, got {value!r}")
+  if hi is not None and value > hi:
+    _fail(path, f"must be <= {hi}, got {value!r}")
+
+
+_kw = dict(frozen=True, kw_only=True)
+
+
+@dataclasses.dataclass(**_kw)
+class DataConfig:
+  name: str = "fashion_mnist"
+  dir: str = ""
+  partition: str = "dirichlet"  # iid | dirichlet | quantity_skew
+  dirichlet_alpha: float = 0.5
+  quantity_sigma: float = 1.0
+  min_shard_size: int = 10
+  train_limit: int = 0  # 0 = all
+  test_limit: int = 0
+  hf_image_key: str = "image"
+  hf_label_key: str = "label"
+  allow_download: bool = True
+  # name="synthetic": learnable random images (tests, smoke runs).
+  synthetic_train: int = 1024
+  synthetic_test: int = 256
+  synthetic_shape: tuple = (8, 8, 1)
+  synthetic_classes: int = 4
+
+  def validate(self, p):
+    _choice(f"{p}.partition", self.partition, ("iid", "dirichlet", "quantity_skew"))
+    _range(f"{p}.dirichlet_alpha", self.dirichlet_alpha, 0, lo_open=True)
+    _range(f"{p}.quantity_sigma", self.quantity_sigma, 0)
+    _range(f"{p}.min_shard_size", self.min_shard_size, 1)
+    _range(f"{p}.train_limit", self.train_limit, 0)
+    _range(f"{p}.test_limit", self.test_limit, 0)
+
+
+@dataclasses.dataclass(**_kw)
+class ModelConfig:
+  name: str = "cnn"  # see afl.models.MODELS
+  width: int = 0  # base channels / hidden width; 0 = the model default
+  dtype: str = "float32"
+
+  def validate(self, p):
+    from afl import models  # pylint: disable=g-import-not-at-top
+    _choice(f"{p}.name", self.name, sorted(models.MODELS))
+    _range(f"{p}.width", self.width, 0)
+    _choice(f"{p}.dtype", self.dtype, ("float32", "bfloat16"))
+
+
+def _check_optax(path: str, name: str):
+  import optax  # pylint: disable=g-import-not-at-top
+  fn = getattr(optax, name, None)
+  if not callable(fn) or name.startswith("_"):
+    _fail(path, f"{name!r} is not an optax optimizer (e.g. sgd, adam, adamw)")
+
+
+@dataclasses.dataclass(**_kw)
+class ClientConfig:
+  local_steps: int = 5
+  batch_size: int = 32
+  lr: float = 0.05
+  optimizer: str = "sgd"  # any optax alias taking learning_rate
+  optimizer_kwargs: dict = dataclasses.field(default_factory=dict)
+  backend: str = "auto"  # auto | vmap | loop | debug
+  # True: train every dispatched-but-untrained task in one cohort when a
+  # result is first needed; False: one task at a time (the reference).
+  lazy_batching: bool = True
+
+  def validate(self, p):
+    _range(f"{p}.local_steps", self.local_steps, 1)
+    _range(f"{p}.batch_size", self.batch_size, 1)
+    _range(f"{p}.lr", self.lr, 0, lo_open=True)
+    _check_optax(f"{p}.optimizer", self.optimizer)
+    _choice(f"{p}.backend", self.backend, ("auto", "vmap", "loop", "debug"))
+
+
+@dataclasses.dataclass(**_kw)
+class ServerConfig:
+  mode: str = "fedbuff"  # fedasync | fedbuff | sync
+  buffer_size: int = 10  # fedbuff: K arrivals per version
+  optimizer: str = "sgd"
+  optimizer_kwargs: dict = dataclasses.field(default_factory=dict)
+  lr: float = 1.0
+  mixing_alpha: float = 0.6  # fedasync
+  staleness_fn: str = "polynomial"  # constant | polynomial | hinge
+  staleness_a: float = 0.5
+  staleness_b: float = 4.0  # hinge threshold
+  max_staleness: int = -1  # -1: no cut-off
+  weight_by_examples: bool = True
+
+  def validate(self, p):
+    _choice(f"{p}.mode", self.mode, ("fedasync", "fedbuff", "sync"))
+    _range(f"{p}.buffer_size", self.buffer_size, 1)
+    _check_optax(f"{p}.optimizer", self.optimizer)
+    _range(f"{p}.lr", self.lr, 0, lo_open=True)
+    _range(f"{p}.mixing_alpha", self.mixing_alpha, 0, 1, lo_open=True)
+    _choice(f"{p}.staleness_fn", self.staleness_fn,
+            ("constant", "polynomial", "hinge"))
+    _range(f"{p}.staleness_a", self.staleness_a, 0)
+    _range(f"{p}.staleness_b", self.staleness_b, 0)
+    _range(f"{p}.max_staleness", self.max_staleness, -1)
+
+
+@dataclasses.dataclass(**_kw)
+class SchedulerConfig:
+  """Virtual-time model: duration = local_steps*step_time*speed + delay."""
+  step_time: float = 1.0  # mean virtual seconds per local step at speed 1
+  duration_dist: str = "exponential"  # exponential | lognormal | constant
+  duration_sigma: float = 0.5  # lognormal shape
+  heterogeneity: float = 0.5  # client speed ~ LogNormal(0, heterogeneity)
+  network_delay: float = 0.5  # mean of an exponential delay; 0 = none
+  dropout_prob: float = 0.0
+
+  def validate(self, p):
+    _range(f"{p}.step_time", self.step_time, 0, lo_open=True)
+    _choice(f"{p}.duration_dist", self.duration_dist,
+            ("exponential", "lognormal", "constant"))
+    _range(f"{p}.duration_sigma", self.duration_sigma, 0)
+    _range(f"{p}.heterogeneity", self.heterogeneity, 0)
+    _range(f"{p}.network_delay", self.network_delay, 0)
+    _range(f"{p}.dropout_prob", self.dropout_prob, 0, 1)
+    if self.dropout_prob == 1:
+      _fail(f"{p}.dropout_prob", "must be < 1 (no client would ever arrive)")
+
+
+@dataclasses.dataclass(**_kw)
+class AggregatorConfig:
+  name: str = "mean"
+
+  def validate(self, p):
+    from afl import aggregators  # pylint: disable=g-import-not-at-top
+    _choice(f"{p}.name", self.name, aggregators.names())
+
+
+@dataclasses.dataclass(**_kw)
+class StopConfig:
+  max_versions: int = 100
+  max_virtual_time: float = math.inf
+  max_wall_seconds: float = math.inf
+
+  def validate(self, p):
+    _range(f"{p}.max_versions", self.max_versions, 1)
+    _range(f"{p}.max_virtual_time", self.max_virtual_time, 0, lo_open=True)
+    _range(f"{p}.max_wall_seconds", self.max_wall_seconds, 0, lo_open=True)
+
+
+@dataclasses.dataclass(**_kw)
+class EvalConfig:
+  every_versions: int = 10
+  batch_size: int = 1000
+
+  def validate(self, p):
+    _range(f"{p}.every_versions", self.every_versions, 1)
+    _range(f"{p}.batch_size", self.batch_size, 1)
+
+
+@dataclasses.dataclass(**_kw)
+class LoggingConfig:
+  progress: bool = True
+  plots: bool = True
+
+  def validate(self, p):
+    del p
+
+
+@dataclasses.dataclass(**_kw)
+class ExperimentConfig:
+  seed: int = 0
+  num_clients: int = 100
+  concurrency: int = 10
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  client: ClientConfig = dataclasses.field(default_factory=ClientConfig)
+  server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
+  scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)
+  aggregator: AggregatorConfig = dataclasses.field(
+      default_factory=AggregatorConfig)
+  stop: StopConfig = dataclasses.field(default_factory=StopConfig)
+  eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+  logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+
+  def validate(self, p):
+    _range("seed", self.seed, 0)
+    _range("num_clients", self.num_clients, 1)
+    _range("concurrency", self.concurrency, 1)
+    if self.concurrency > self.num_clients:
+      _fail("concurrency", f"must be <= num_clients={self.num_clients}, "
+            f"got {self.concurrency}")
+    if self.server.mode == "sync" and self.scheduler.dropout_prob > 0:
+      pass  # a round waits for the clients that did not drop out
+    del p
+
+
+def _coerce(path: str, value: Any, hint: Any) -> Any:
+  """Checks `value` against the annotation `hint`, allowing int -> float."""
+  origin = typing.get_origin(hint)
+  if hint is float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      _fail(path, f"expected a number, got {type(value).__name__} {value!r}")
+    return float(value)
+  if hint is int:
+    if isinstance(value, bool) or not isinstance(value, int):
+      if isinstance(value, float) and value.is_integer():
+        return int(value)
+      _fail(path, f"expected an integer, got {type(value).__name__} {value!r}")
+    return value
+  if hint is bool:
+    if not isinstance(value, bool):
+      _fail(path, f"expected true/false, got {type(value).__name__} {value!r}")
+    return value
+  if hint is str:
+    if not isinstance(value, str):
+      _fail(path, f"expected a string, got {type(value).__name__} {value!r}")
+    return value
+  if hint is tuple or origin is tuple:
+    if not isinstance(value, (list, tuple)):
+      _fail(path, f"expected a tuple, got {type(value).__name__} {value!r}")
+    return tuple(value)
+  if hint is dict:
+    if isinstance(value, ml_collections.ConfigDict):
+      return value.to_dict()
+    if not isinstance(value, dict):
+      _fail(path, f"expected a dict, got {type(value).__name__} {value!r}")
+    return dict(value)
+  if isinstance(origin, type) and origin is types.UnionType:
+    return value
+  return value
+
+
+def _build(cls, cfg, path: str):
+  hints = typing.get_type_hints(cls)
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  given = dict(cfg.items()) if cfg is not None else {}
+  for key in given:
+    if key not in fields:
+      where = f"config.{path}.{key}" if path else f"config.{key}"
+      raise ConfigError(f"{where}: unknown key; known keys here: "
+                        f"{sorted(fields)}")
+  kwargs = {}
+  for name, value in given.items():
+    sub = f"{path}.{name}" if path else name
+    hint = hints[name]
+    if dataclasses.is_dataclass(hint):
+      if not isinstance(value, (dict, ml_collections.ConfigDict)):
+        _fail(sub, f"expected a section, got {value!r}")
+      kwargs[name] = _build(hint, value, sub)
+    else:
+      kwargs[name] = _coerce(sub, value, hint)
+  obj = cls(**kwargs)
+  obj.validate(path)
+  return obj
+
+
+def build_config(cfg: ml_collections.ConfigDict | dict) -> ExperimentConfig:
+  """Validates a ConfigDict into an `ExperimentConfig` (raises ConfigError)."""
+  return _build(ExperimentConfig, cfg, "")
+
+
+def to_dict(cfg: ExperimentConfig) -> dict:
+  """A JSON-serializable dict of the validated config (inf as a string)."""
+  def fix(x):
+    if isinstance(x, float) and math.isinf(x):
+      return "inf"
+    if isinstance(x, dict):
+      return {k: fix(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+      return [fix(v) for v in x]
+    return x
+  return fix(dataclasses.asdict(cfg))

@@ -1,0 +1,94 @@
+"""Small image models: the CNN of the seed's demo, a CIFAR ResNet, an MLP.
+
+Normalization layers hold no running statistics (GroupNorm, not BatchNorm):
+batch statistics are per-client state that FedAvg-style averaging handles
+badly under label skew (Hsieh et al. 2020), and stateless models keep the
+client step a pure function of (params, batch).
+"""
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class CNN(nn.Module):
+  """conv(w)-pool-conv(2w)-pool[-dense(hidden)]-dense(classes).
+
+  With w=32 and no hidden layer on 32x32x3 this is the 60k-parameter CIFAR
+  CNN of the throughput table; with hidden=128 it is the classic MNIST CNN.
+  """
+  num_classes: int
+  width: int = 32
+  hidden: int = 0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.astype(self.dtype)
+    for mult in (1, 2):
+      x = nn.Conv(self.width * mult, (3, 3), dtype=self.dtype)(x)
+      x = nn.max_pool(nn.relu(x), (2, 2), (2, 2))
+    x = x.reshape(x.shape[0], -1)
+    if self.hidden:
+      x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(x))
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+class MLP(nn.Module):
+  """flatten-dense(h)-relu-...-dense(classes); (100,) gives 784-100-10."""
+  num_classes: int
+  hidden: Sequence[int] = (100,)
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.reshape(x.shape[0], -1).astype(self.dtype)
+    for h in self.hidden:
+      x = nn.relu(nn.Dense(h, dtype=self.dtype)(x))
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+class _Block(nn.Module):
+  features: int
+  stride: int
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x):
+    norm = lambda: nn.GroupNorm(num_groups=min(8, self.features),
+                                dtype=self.dtype)
+    y = nn.Conv(self.features, (3, 3), (self.stride, self.stride),
+                use_bias=False, dtype=self.dtype)(x)
+    y = nn.relu(norm()(y))
+    y = nn.Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype)(y)
+    y = norm()(y)
+    if x.shape[-1] != self.features or self.stride != 1:
+      x = nn.Conv(self.features, (1, 1), (self.stride, self.stride),
+                  use_bias=False, dtype=self.dtype)(x)
+      x = norm()(x)
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  """CIFAR ResNet (He et al. 2016, sec. 4.2): 3 stages of n blocks each.
+
+  depth = 6n + 2 (8, 14, 20, ...); widths w, 2w, 4w; GroupNorm.
+  """
+  num_classes: int
+  depth: int = 8
+  width: int = 16
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    n = (self.depth - 2) // 6
+    x = x.astype(self.dtype)
+    x = nn.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(x)
+    x = nn.relu(nn.GroupNorm(num_groups=min(8, self.width),
+                             dtype=self.dtype)(x))
+    for stage in range(3):
+      for b in range(n):
+        stride = 2 if stage > 0 and b == 0 else 1
+        x = _Block(self.width * 2**stage, stride, self.dtype)(x)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)

@@ -1,0 +1,337 @@
+"""The simulation loop: scheduler events -> lazy cohorts -> server versions.
+
+See DESIGN.md, "Scheduler: exact lazy batching". The loop is plain Python
+over jitted functions; everything it holds is plain data.
+"""
+from __future__ import annotations
+
+import collections
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from afl import aggregators
+from afl import client as client_lib
+from afl import models
+from afl.config import ExperimentConfig
+from afl.data import loaders
+from afl.data import partition as partition_lib
+from afl.metrics import MetricsWriter
+from afl.scheduler import Scheduler, Task
+from afl.server import Server, make_optimizer
+
+
+def _seeds(seed: int):
+  """Independent host generators for partition and scheduler, and the root
+  JAX key; fixed by the run seed alone."""
+  part_ss, sched_ss = np.random.SeedSequence(seed).spawn(2)
+  return (np.random.default_rng(part_ss), np.random.default_rng(sched_ss),
+          jax.random.PRNGKey(seed))
+
+
+def load_data(cfg: ExperimentConfig, log: Callable = print):
+  d = cfg.data
+  kwargs = dict(allow_download=d.allow_download, log=log,
+                hf_image_key=d.hf_image_key, hf_label_key=d.hf_label_key,
+                train_limit=d.train_limit, test_limit=d.test_limit)
+  if d.name == "synthetic":
+    kwargs.update(num_train=d.synthetic_train, num_test=d.synthetic_test,
+                  shape=tuple(d.synthetic_shape),
+                  num_classes=d.synthetic_classes, seed=cfg.seed)
+  return loaders.load_image_dataset(d.name, d.dir or None, **kwargs)
+
+
+def make_partition(cfg: ExperimentConfig, labels, rng):
+  d = cfg.data
+  return partition_lib.make(d.partition, labels, cfg.num_clients, rng,
+                            alpha=d.dirichlet_alpha, sigma=d.quantity_sigma,
+                            min_size=d.min_shard_size)
+
+
+def make_eval_fn(apply_fn, x, y, batch_size: int):
+  """Returns params -> (accuracy, loss) over the whole test set.
+
+  The test set is padded once to a multiple of the batch so one program is
+  compiled; batches are a Python loop (convs inside lax.map are slow on
+  XLA:CPU, see ../shared/repro).
+  """
+  n = len(y)
+  b = min(batch_size, n)
+  nb = -(-n // b)
+  pad = nb * b - n
+  xp = jnp.asarray(np.concatenate([x, np.zeros((pad,) + x.shape[1:],
+                                                x.dtype)]))
+  yp = jnp.asarray(np.concatenate([y, np.zeros(pad, y.dtype)]))
+  mp = jnp.asarray(np.arange(nb * b) < n)
+
+  @jax.jit
+  def batch_stats(params, i):
+    xb = jax.lax.dynamic_slice_in_dim(xp, i * b, b)
+    yb = jax.lax.dynamic_slice_in_dim(yp, i * b, b)
+    mb = jax.lax.dynamic_slice_in_dim(mp, i * b, b)
+    logits = apply_fn(params, xb)
+    loss = -jnp.take_along_axis(jax.nn.log_softmax(logits), yb[:, None],
+                                axis=1)[:, 0]
+    correct = jnp.argmax(logits, -1) == yb
+    return jnp.sum(jnp.where(mb, correct, 0)), jnp.sum(jnp.where(mb, loss, 0))
+
+  def evaluate(params):
+    stats = [batch_stats(params, np.int32(i)) for i in range(nb)]
+    correct = sum(float(c) for c, _ in stats)
+    loss = sum(float(l) for _, l in stats)
+    return correct / n, loss / n
+
+  return evaluate
+
+
+class Simulation:
+  """Builds everything from a validated config and runs it."""
+
+  def __init__(self, cfg: ExperimentConfig, workdir: str | None = None,
+               log: Callable = print):
+    self.cfg = cfg
+    self.workdir = workdir
+    self.log = log
+    part_rng, sched_rng, root = _seeds(cfg.seed)
+    self.dataset = load_data(cfg, log)
+    ds = self.dataset
+    self.partition = make_partition(cfg, ds.train_y, part_rng)
+    log("partition: " + partition_lib.format_summary(
+        partition_lib.summarize(self.partition, ds.train_y, ds.num_classes)))
+    self.num_examples = self.partition.sizes()
+
+    self.model = models.make_model(cfg.model.name, ds.num_classes,
+                                   cfg.model.width, cfg.model.dtype)
+    init_key, self.client_root = jax.random.split(root)
+    params = self.model.init(init_key, jnp.zeros((1,) + ds.train_x.shape[1:]))
+    self.num_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    log(f"model {cfg.model.name}: {self.num_params:,} parameters")
+
+    self.data = client_lib.ClientData(
+        x=jnp.asarray(ds.train_x), y=jnp.asarray(ds.train_y),
+        indices=jnp.asarray(self.partition.indices, jnp.int32),
+        offsets=jnp.asarray(self.partition.offsets, jnp.int32))
+    c = cfg.client
+    fns = client_lib.make_client_fns(
+        client_lib.cross_entropy_loss(self.model.apply),
+        make_optimizer(c.optimizer, c.lr, dict(c.optimizer_kwargs)),
+        c.batch_size, c.local_steps)
+    self.backend_kind = client_lib.resolve_backend(c.backend)
+    self.backend = client_lib.Backend(fns, self.backend_kind)
+    log(f"client backend: {self.backend_kind} (config: {c.backend})")
+
+    s = cfg.server
+    capacity = cfg.concurrency if s.mode == "sync" else s.buffer_size
+    self.server = Server(s, params, aggregators.get(cfg.aggregator.name),
+                         capacity)
+    self.scheduler = Scheduler(cfg.scheduler, cfg.num_clients,
+                               cfg.concurrency, c.local_steps, sched_rng)
+    self.evaluate = make_eval_fn(self.model.apply, ds.test_x, ds.test_y,
+                                 cfg.eval.batch_size)
+
+    # Loop state (plain data).
+    self.version = 0
+    self.now = 0.0
+    self.versions = {0: params}  # versions referenced by in-flight tasks
+    self.refs = collections.Counter()
+    self.untrained: list[Task] = []
+    self.results = {}  # task seq -> (delta, loss)
+    self.buffer = []  # (delta, staleness, num_examples)
+    self.round_tasks = 0
+    self.counters = collections.Counter()
+    self.staleness_hist = collections.Counter()
+    self.window = collections.defaultdict(list)  # since the last evaluation
+    self.history = []
+
+  # -- dispatch and training -------------------------------------------
+
+  def _dispatch(self):
+    task = self.scheduler.dispatch(self.now, self.version)
+    self.refs[task.start_version] += 1
+    if not task.dropped:  # a task that will drop out is never trained
+      self.untrained.append(task)
+    return task
+
+  def _train(self, needed: Task):
+    tasks = self.untrained if self.cfg.client.lazy_batching else [needed]
+    out = self.backend([self.versions[t.start_version] for t in tasks],
+                       [t.client_id for t in tasks],
+                       [t.task_index for t in tasks],
+                       self.client_root, self.data)
+    for t, r in zip(tasks, out):
+      self.results[t.seq] = r
+    done = {t.seq for t in tasks}
+    self.untrained = [t for t in self.untrained if t.seq not in done]
+    self.counters["cohorts"] += 1
+    self.counters["trained"] += len(tasks)
+
+  def _release(self, task: Task):
+    v = task.start_version
+    self.refs[v] -= 1
+    if self.refs[v] == 0:
+      del self.refs[v]
+      if v != self.version:
+        self.versions.pop(v, None)
+
+  def _new_version(self):
+    old = self.version
+    self.version += 1
+    self.versions[self.version] = self.server.params
+    if old not in self.refs:
+      self.versions.pop(old, None)
+
+  # -- the event loop --------------------------------------------------
+
+  def _record_arrival(self, staleness, loss):
+    self.counters["client_updates"] += 1
+    self.staleness_hist[int(staleness)] += 1
+    self.window["staleness"].append(staleness)
+    self.window["train_loss"].append(float(loss))
+
+  def _handle(self, task: Task) -> bool:
+    """Processes one event; returns True when a new version was made."""
+    cfg = self.cfg
+    mode = cfg.server.mode
+    if task.dropped:
+      self.counters["dropouts"] += 1
+      self._release(task)
+      return self._after_event(made_version=False)
+    if task.seq not in self.results:
+      self._train(task)
+    delta, loss = self.results.pop(task.seq)
+    staleness = self.version - task.start_version
+    if 0 <= cfg.server.max_staleness < staleness:
+      self.counters["stale_dropped"] += 1
+      self._release(task)
+      return self._after_event(made_version=False)
+    self._record_arrival(staleness, loss)
+    made = False
+    if mode == "fedasync":
+      self.server.fedasync_apply(self.versions[task.start_version], delta,
+                                 staleness)
+      made = True
+    else:
+      self.buffer.append((delta, staleness,
+                          self.num_examples[task.client_id]))
+      if mode == "fedbuff" and len(self.buffer) == cfg.server.buffer_size:
+        made = self._flush_buffer()
+    self._release(task)
+    return self._after_event(made_version=made)
+
+  def _flush_buffer(self) -> bool:
+    if not self.buffer:
+      return False
+    deltas, stale, n = zip(*self.buffer)
+    self.server.buffered_apply(list(deltas), list(stale), list(n))
+    self.buffer = []
+    return True
+
+  def _after_event(self, made_version: bool) -> bool:
+    if self.cfg.server.mode == "sync":
+      if self.scheduler.in_flight == 0:  # round complete
+        made_version = self._flush_buffer()
+        if made_version:
+          self._new_version()
+        self._start_round()
+      return made_version
+    if made_version:
+      self._new_version()
+    self._dispatch()
+    return made_version
+
+  def _start_round(self):
+    for _ in range(self.cfg.concurrency):
+      self._dispatch()
+
+  def _stop_reason(self):
+    stop = self.cfg.stop
+    if self.version >= stop.max_versions:
+      return "max_versions"
+    if self.scheduler.peek_time() > stop.max_virtual_time:
+      return "max_virtual_time"
+    if time.perf_counter() - self.t0 > stop.max_wall_seconds:
+      return "max_wall_seconds"
+    return None
+
+  def _eval_record(self):
+    acc, loss = self.evaluate(self.server.params)
+    w = self.window
+    rec = dict(
+        version=self.version,
+        virtual_time=self.now,
+        wall_time=time.perf_counter() - self.t0,
+        test_accuracy=acc,
+        test_loss=loss,
+        mean_staleness=float(np.mean(w["staleness"])) if w["staleness"]
+        else None,
+        train_loss=float(np.mean(w["train_loss"])) if w["train_loss"]
+        else None,
+        client_updates=self.counters["client_updates"],
+        dropouts=self.counters["dropouts"],
+        stale_dropped=self.counters["stale_dropped"],
+        cohorts=self.counters["cohorts"],
+        mean_cohort_size=(self.counters["trained"] / self.counters["cohorts"]
+                          if self.counters["cohorts"] else None),
+    )
+    self.window.clear()
+    self.history.append(rec)
+    return rec
+
+  def run(self) -> dict:
+    """Runs to a stop condition; returns the summary dict."""
+    cfg = self.cfg
+    self.t0 = time.perf_counter()
+    writer = MetricsWriter(self.workdir, cfg, progress=cfg.logging.progress,
+                           max_versions=cfg.stop.max_versions)
+    writer.write(self._eval_record())
+    if cfg.server.mode == "sync":
+      self._start_round()
+    else:
+      for _ in range(cfg.concurrency):
+        self._dispatch()
+    reason = None
+    last_eval = 0
+    while True:
+      reason = self._stop_reason()
+      if reason:
+        break
+      task = self.scheduler.pop()
+      self.now = task.arrival_time
+      if self._handle(task):
+        writer.progress(self.version, self.now)
+        if self.version - last_eval >= cfg.eval.every_versions:
+          writer.write(self._eval_record())
+          last_eval = self.version
+    if self.history[-1]["version"] != self.version or len(self.history) == 1:
+      writer.write(self._eval_record())
+    summary = self.summary(reason)
+    writer.close(summary, self.staleness_hist, self.history)
+    return summary
+
+  def summary(self, reason: str) -> dict:
+    last = self.history[-1]
+    hist = self.staleness_hist
+    total = sum(hist.values())
+    return dict(
+        final_test_accuracy=last["test_accuracy"],
+        final_test_loss=last["test_loss"],
+        best_test_accuracy=max(h["test_accuracy"] for h in self.history),
+        num_server_versions=self.version,
+        client_updates=self.counters["client_updates"],
+        dropouts=self.counters["dropouts"],
+        stale_dropped=self.counters["stale_dropped"],
+        mean_staleness=(sum(k * v for k, v in hist.items()) / total
+                        if total else None),
+        max_staleness=max(hist) if hist else None,
+        virtual_time=self.now,
+        wall_seconds=time.perf_counter() - self.t0,
+        cohorts=self.counters["cohorts"],
+        mean_cohort_size=last["mean_cohort_size"],
+        backend=self.backend_kind,
+        num_params=int(self.num_params),
+        stop_reason=reason,
+    )
+
