@@ -17,6 +17,8 @@ References:
   for Federated Visual Classification." arXiv:1909.06335 (2019).
   Yurochkin et al. "Bayesian Nonparametric Federated Learning of Neural
   Networks." ICML 2019 (per-class Dirichlet proportions).
+  Li, Diao, Chen, He. "Federated Learning on Non-IID Data Silos: An
+  Experimental Study." ICDE 2022 (NIID-Bench; the N / C balance cap).
 """
 import dataclasses
 
@@ -139,6 +141,32 @@ def iid(num_examples: int, num_clients: int, rng: np.random.Generator, *,
   return from_sizes(rng.permutation(num_examples), sizes)
 
 
+def _dirichlet_counts(class_counts: np.ndarray, num_clients: int,
+                      alpha: float, rng: np.random.Generator) -> np.ndarray:
+  """One draw of the [K, C] matrix of examples per (class, client)."""
+  num_examples = int(class_counts.sum())
+  held = np.zeros(num_clients, np.int64)
+  counts = np.empty((class_counts.size, num_clients), np.int64)
+  conc = np.full(num_clients, float(alpha))
+  for k, n_k in enumerate(class_counts):  # K is small; C is vectorized.
+    # numpy's Dirichlet sampler stays finite for tiny alpha (it switches to
+    # a beta construction there).
+    p = rng.dirichlet(conc)
+    capped = np.where(held < num_examples / num_clients, p, 0.0)
+    if capped.sum() > 0:  # All-zero only if the open clients drew p == 0.
+      p = capped / capped.sum()
+    # Cut points floor(cumsum(p) * n_k) split the class exactly (no example
+    # lost to rounding). Walking the clients in a fresh random order per
+    # class decorrelates the rounding: in a fixed order, near-uniform p
+    # rounds the same clients down in every class and leaves them empty.
+    order = rng.permutation(num_clients)
+    cuts = np.floor(np.cumsum(p[order]) * n_k).astype(np.int64)
+    cuts[-1] = n_k  # Against float drift in the cumsum.
+    counts[k, order] = np.diff(cuts, prepend=0)
+    held += counts[k]
+  return counts
+
+
 def dirichlet(labels: np.ndarray, num_clients: int, alpha: float,
               rng: np.random.Generator, *, min_size: int = 1,
               max_tries: int = 100) -> Partition:
@@ -146,8 +174,10 @@ def dirichlet(labels: np.ndarray, num_clients: int, alpha: float,
 
   For each class k, proportions p_k ~ Dir(alpha * 1_C) over the clients
   decide how the (shuffled) examples of class k are cut among them. Small
-  alpha gives each client few classes; large alpha approaches IID. The draw
-  is repeated until every shard holds at least `min_size` examples.
+  alpha gives each client few classes; large alpha approaches IID. As in
+  NIID-Bench, a client already holding N / C examples gets no share of later
+  classes, which keeps shard sizes from running away. The draw is repeated
+  until every shard holds at least `min_size` examples.
 
   Args:
     labels: int [N] class labels.
@@ -176,17 +206,8 @@ def dirichlet(labels: np.ndarray, num_clients: int, alpha: float,
   by_class = np.argsort(labels_dense, kind="stable")
   class_counts = np.bincount(labels_dense, minlength=classes.size)
   class_starts = np.concatenate([[0], np.cumsum(class_counts)])
-
   for _ in range(max_tries):
-    # [K, C]: one proportion vector per class. numpy's Dirichlet sampler
-    # stays finite for tiny alpha (it switches to a beta construction).
-    props = rng.dirichlet(np.full(num_clients, float(alpha)), size=classes.size)
-    # Cut points floor(cumsum(p) * n_k) split each class exactly (no example
-    # lost to rounding); the last is pinned to n_k against float drift.
-    cuts = np.floor(np.cumsum(props, axis=1) * class_counts[:, None])
-    cuts = cuts.astype(np.int64)
-    cuts[:, -1] = class_counts
-    counts = np.diff(cuts, axis=1, prepend=0)  # [K, C]
+    counts = _dirichlet_counts(class_counts, num_clients, alpha, rng)
     if counts.sum(axis=0).min() >= min_size:
       break
   else:
