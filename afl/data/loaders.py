@@ -348,6 +348,8 @@ def _pil_to_array(img, mode: str) -> np.ndarray:
 
 def _hf_split_arrays(hf_id: str, split, image_key: str, label_key: str):
   n = len(split)
+  if n == 0:
+    raise ValueError(f"{hf_id}: a split is empty")
   images = iter(split[image_key])
   first = next(images)
   mode = _image_mode(first)

@@ -301,6 +301,9 @@ def summarize(partition: Partition, labels: np.ndarray,
   labels = np.asarray(labels)
   sizes = partition.sizes()
   held = labels[partition.indices].astype(np.int64)
+  if held.size and (held.min() < 0 or held.max() >= num_classes):
+    raise ValueError(f"labels span [{held.min()}, {held.max()}], outside "
+                     f"[0, num_classes={num_classes})")
   global_p = np.bincount(held, minlength=num_classes) / max(held.size, 1)
   nonempty = sizes > 0
   classes_sum = 0
