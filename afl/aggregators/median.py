@@ -1,0 +1,123 @@
+"""Coordinate-wise median, unweighted and weighted.
+
+Both sort each coordinate over the client axis with the bitonic network in
+`_sortnet` (invalid rows become +inf, so they sort last and shapes stay fixed)
+and read the statistic off the sorted column block.
+
+Weighted tie rule. With sorted values x_(1) <= ... <= x_(n), positive weights
+and cumulative weights C_i = w_(1) + ... + w_(i), W = C_n:
+
+  lower = x_(i) for the smallest i with C_i >= W / 2
+  upper = x_(j) for the smallest j with C_j >  W / 2
+  weighted median = (lower + upper) / 2
+
+When the half-mass point falls inside an element both pick it; when it falls
+exactly on a boundary between two elements the two neighbours are averaged.
+For equal weights C_i = i (after `normalize_weights` rescales them to exactly
+1), so an odd n picks the middle element and an even n averages the two
+middle elements: exactly `np.median`. Zero-weight rows never cross the half
+mass first, so they never set the value.
+"""
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from afl.aggregators import _sortnet, base
+
+
+def median_of_sorted(s: jax.Array, n: jax.Array) -> jax.Array:
+  """[K, c] columns sorted ascending with n valid rows first -> [c] median."""
+  lo = lax.dynamic_index_in_dim(s, jnp.maximum(n - 1, 0) // 2, 0, False)
+  hi = lax.dynamic_index_in_dim(s, n // 2, 0, False)
+  return jnp.where(n > 0, 0.5 * (lo + hi), 0.0).astype(s.dtype)
+
+
+def weighted_median_of_sorted(s: jax.Array, ws: jax.Array) -> jax.Array:
+  """Sorted [K, c] values and their weights -> [c] weighted median."""
+  cum = jnp.cumsum(ws, axis=0)
+  half = 0.5 * cum[-1]
+  lower = jnp.min(jnp.where(cum >= half, s, jnp.inf), axis=0)
+  upper = jnp.min(jnp.where(cum > half, s, jnp.inf), axis=0)
+  return jnp.where(cum[-1] > 0, 0.5 * (lower + upper), 0.0).astype(s.dtype)
+
+
+def median_flat(flat: jax.Array, valid: jax.Array) -> jax.Array:
+  """[K, D] -> [D] coordinate-wise median of the valid rows (0 if none).
+
+  Args:
+    flat: [K, D] updates.
+    valid: [K] bool; False rows are ignored.
+
+  Returns:
+    [D] median, equal to `np.median(flat[valid], axis=0)`.
+  """
+  keys = _sortnet.sort_keys(flat, valid)
+  n = jnp.sum(valid.astype(jnp.int32))
+
+  def block(arrs):
+    s, _ = _sortnet.bitonic_sort(arrs[0])
+    return median_of_sorted(s, n)
+
+  return _sortnet.map_column_blocks(block, (keys,))
+
+
+def weighted_median_flat(flat: jax.Array, weights: jax.Array,
+                         valid: jax.Array) -> jax.Array:
+  """[K, D] -> [D] coordinate-wise weighted median (tie rule: module doc).
+
+  Args:
+    flat: [K, D] updates.
+    weights: [K] non-negative weights (negative ones count as 0).
+    valid: [K] bool; False rows are ignored.
+
+  Returns:
+    [D] weighted median; 0 where the valid rows carry no weight.
+  """
+  keys = _sortnet.sort_keys(flat, valid)
+  w = _sortnet.normalize_weights(weights, valid)
+  w_cols = jnp.broadcast_to(w[:, None], keys.shape)
+
+  def block(arrs):
+    s, (ws,) = _sortnet.bitonic_sort(arrs[0], (arrs[1],))
+    return weighted_median_of_sorted(s, ws)
+
+  return _sortnet.map_column_blocks(block, (keys, w_cols))
+
+
+@base.register("median")
+def median(weighted: bool = False) -> base.Aggregator:
+  """Coordinate-wise median of the valid updates.
+
+  Args:
+    weighted: if False, `weights` are ignored and every valid row counts once
+      (matches `np.median`); if True, the weighted median with the tie rule in
+      the module docstring.
+
+  Returns:
+    An `Aggregator`; its state is `()`.
+
+  References:
+    Yin et al., "Byzantine-robust distributed learning: towards optimal
+    statistical rates", ICML 2018.
+
+  >>> import jax.numpy as jnp
+  >>> agg = median()
+  >>> out, _ = agg.apply({"w": jnp.array([[1.0], [2.0], [10.0], [4.0]])},
+  ...                    jnp.ones(4), jnp.array([True, True, True, True]),
+  ...                    agg.init())
+  >>> float(out["w"][0])
+  3.0
+  """
+  def init():
+    return ()
+
+  def apply(updates, weights, mask, state):
+    flat, unravel = base.flatten_updates(updates)
+    valid = base.valid_rows(flat, mask)
+    if weighted:
+      agg = weighted_median_flat(flat, weights, valid)
+    else:
+      agg = median_flat(flat, valid)
+    return unravel(agg), state
+
+  return base.Aggregator(init, apply)
