@@ -1,5 +1,16 @@
-"""Aggregators: factories returning (init, apply); chosen by name from config."""
-from afl.aggregators import mean  # noqa: F401  (registers)
-from afl.aggregators import median  # noqa: F401  (registers)
-from afl.aggregators import trimmed_mean  # noqa: F401  (registers)
+"""Aggregators: factories returning (init, apply); chosen by name from config.
+
+Registered names: mean, median, trimmed_mean, krum, multi_krum, geomed,
+centered_clip, hybrid. Pre-aggregation clipping lives in `clipping`, the
+per-client trust manager in `trust`.
+"""
+# Imported for their @register side effects.
+from afl.aggregators import centered_clip  # noqa: F401
+from afl.aggregators import clipping  # noqa: F401
+from afl.aggregators import geomed  # noqa: F401
+from afl.aggregators import hybrid  # noqa: F401
+from afl.aggregators import krum  # noqa: F401
+from afl.aggregators import mean  # noqa: F401
+from afl.aggregators import median  # noqa: F401
+from afl.aggregators import trimmed_mean  # noqa: F401
 from afl.aggregators.base import Aggregator, flatten_updates, get, names, register, valid_rows
