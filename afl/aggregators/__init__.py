@@ -13,4 +13,5 @@ from afl.aggregators import krum  # noqa: F401
 from afl.aggregators import mean  # noqa: F401
 from afl.aggregators import median  # noqa: F401
 from afl.aggregators import trimmed_mean  # noqa: F401
+from afl.aggregators import trust  # noqa: F401
 from afl.aggregators.base import Aggregator, flatten_updates, get, names, register, valid_rows
