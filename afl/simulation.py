@@ -99,7 +99,7 @@ class Simulation:
     self.dataset = load_data(cfg, log)
     ds = self.dataset
     self.partition = make_partition(cfg, ds.train_y, part_rng)
-    log("partition: " + partition_lib.format_summary(
+    log(partition_lib.format_summary(
         partition_lib.summarize(self.partition, ds.train_y, ds.num_classes)))
     self.num_examples = self.partition.sizes()
 

@@ -1,0 +1,56 @@
+"""One-line explanations of command-line flag errors (config overrides)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+
+def _load_config(path: str):
+  spec = importlib.util.spec_from_file_location("_afl_cfg", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+class FlagError(ValueError):
+  pass
+
+
+def _split_args(argv):
+  cfg_path = None
+  overrides = []
+  for i, arg in enumerate(argv[1:], 1):
+    if arg.startswith("--config="):
+      cfg_path = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      cfg_path = argv[i + 1]
+    elif arg.startswith("--config."):
+      overrides.append(arg[len("--config."):].split("=", 1)[0])
+  return cfg_path, overrides
+
+
+def check_config_path(argv: list[str]):
+  """Fails early (before absl prints a traceback) on a missing config file."""
+  cfg_path, _ = _split_args(argv)
+  if cfg_path and not os.path.exists(cfg_path.split(":")[0]):
+    raise FlagError(f"--config: no such file {cfg_path}")
+
+
+def explain_flag_error(argv: list[str], err: Exception) -> str:
+  """Names the offending `--config.a.b=v` override when one is unknown."""
+  if isinstance(err, FlagError):
+    return str(err)
+  cfg_path, overrides = _split_args(argv)
+  if cfg_path and overrides:
+    try:
+      cfg = _load_config(cfg_path.split(":")[0])
+    except Exception:  # pylint: disable=broad-except
+      cfg = None
+    for key in overrides:
+      node = cfg
+      for part in key.split("."):
+        if node is None or not hasattr(node, "keys") or part not in node:
+          return f"config.{key}: unknown key (in override --config.{key})"
+        node = node[part]
+  msg = str(err).strip().splitlines()
+  return msg[0] if msg else type(err).__name__

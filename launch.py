@@ -1,0 +1,43 @@
+"""Runs an afl simulation from a config file.
+
+  python launch.py --config configs/fmnist_hybrid.py --workdir runs/demo
+  python launch.py --config configs/tiny.py --config.server.mode=fedasync
+
+Intentionally kept short: flags, then one call into the library.
+"""
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "config file")
+_WORKDIR = flags.DEFINE_string("workdir", None, "output directory")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False,
+                               "replace a workdir holding another run")
+
+
+def _parse(argv):
+  from afl import cli_errors  # pylint: disable=g-import-not-at-top
+  try:
+    cli_errors.check_config_path(argv)
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    print(f"error: {cli_errors.explain_flag_error(argv, e)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv):
+  del argv
+  from afl import config as config_lib  # pylint: disable=g-import-not-at-top
+  from afl import run  # pylint: disable=g-import-not-at-top
+  try:
+    run.run(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value)
+  except (config_lib.ConfigError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main, flags_parser=_parse)
