@@ -1,0 +1,491 @@
+"""Aggregation kernels against independent references (numpy, scipy, loops)."""
+import doctest
+import itertools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+import scipy.stats
+from absl.testing import parameterized
+
+from afl import aggregators
+from afl.aggregators import (_sortnet, base, centered_clip, clipping, geomed,
+                             hybrid, krum, mean, median, trimmed_mean, trust)
+
+SIZES = (1, 2, 3, 64)
+D = 7
+
+
+# ----------------------------------------------------------------------------
+# Test data and references.
+# ----------------------------------------------------------------------------
+
+def make_case(k, corrupt, seed=0, d=D, int_weights=False):
+  """[K, D] float32 with ties; padding / NaN / inf rows when `corrupt`.
+
+  Returns (x, weights, mask, valid) where `valid` is the reference's view of
+  which rows count (mask and all finite).
+  """
+  rng = np.random.default_rng(seed + 1000 * k + int(corrupt))
+  x = rng.standard_normal((k, d))
+  x[:, : d // 2] = np.round(x[:, : d // 2])  # many ties in these columns
+  if int_weights:  # exact ties in cumulative weight, incl. zero weights
+    w = rng.integers(0, 4, size=k).astype(np.float64)
+  else:
+    w = rng.uniform(0.2, 3.0, size=k)
+  mask = np.ones(k, bool)
+  if corrupt and k >= 3:
+    kinds = rng.integers(0, 4, size=k)  # 0: fine, 1: pad, 2: NaN, 3: inf
+    kinds[-1] = 0  # at least one valid row
+    for i, kind in enumerate(kinds):
+      if kind == 1:
+        mask[i] = False
+        x[i] = 1e9  # padding garbage must not leak
+      elif kind == 2:
+        x[i, rng.integers(d)] = np.nan
+      elif kind == 3:
+        x[i, rng.integers(d)] = -np.inf if i % 2 else np.inf
+  x = x.astype(np.float32)
+  w = w.astype(np.float32)
+  if int_weights and w[mask & np.all(np.isfinite(x), 1)].sum() == 0:
+    w[-1] = 1.0
+  valid = mask & np.all(np.isfinite(x), axis=1)
+  return x, w, mask, valid
+
+
+def ref_weighted_median(x, w, valid):
+  """Per-coordinate loop; the rule in median.py's docstring, in float64."""
+  keep = valid & (w > 0)
+  xs, ws = x[keep].astype(np.float64), w[keep].astype(np.float64)
+  out = np.zeros(x.shape[1])
+  if not keep.any():
+    return out
+  for j in range(x.shape[1]):
+    order = np.argsort(xs[:, j], kind="stable")
+    v, c = xs[order, j], np.cumsum(ws[order])
+    half = c[-1] / 2
+    lower = v[np.argmax(c >= half)]
+    upper = v[np.argmax(c > half)]
+    out[j] = (lower + upper) / 2
+  return out
+
+
+def ref_weighted_trimmed_mean(x, w, valid, beta):
+  """Per-coordinate loop over weight intervals (trimmed_mean.py docstring)."""
+  keep = valid & (w > 0)
+  xs, ws = x[keep].astype(np.float64), w[keep].astype(np.float64)
+  out = np.zeros(x.shape[1])
+  n = len(xs)
+  if n == 0:
+    return out
+  t = int(beta * n)
+  total = ws.sum()
+  lo, hi = t * total / n, total - t * total / n
+  for j in range(x.shape[1]):
+    order = np.argsort(xs[:, j], kind="stable")
+    acc, start = 0.0, 0.0
+    for i in order:
+      end = start + ws[i]
+      acc += xs[i, j] * max(0.0, min(end, hi) - max(start, lo))
+      start = end
+    out[j] = acc / (hi - lo)
+  return out
+
+
+def ref_krum_scores(x, valid, f):
+  """Brute force: explicit pairwise distances, sort, sum the m nearest."""
+  idx = np.flatnonzero(valid)
+  n = len(idx)
+  m = min(max(n - f - 2, 1), max(n - 1, 0))
+  scores = np.full(len(x), np.inf)
+  for i in idx:
+    d = sorted(float(np.sum((x[i].astype(np.float64) - x[j]) ** 2))
+               for j in idx if j != i)
+    scores[i] = sum(d[:m])
+  return scores
+
+
+def np_median_or_zero(x, valid):
+  return np.median(x[valid], axis=0) if valid.any() else np.zeros(x.shape[1])
+
+
+def apply_flat(agg, x, w, mask, state=()):
+  out, state = agg.apply({"u": jnp.asarray(x)}, jnp.asarray(w),
+                         jnp.asarray(mask), state)
+  return out["u"], state
+
+
+# ----------------------------------------------------------------------------
+# Kernels vs references, with and without jit.
+# ----------------------------------------------------------------------------
+
+CASES = list(itertools.product(SIZES, (False, True)))
+
+
+class KernelTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*CASES)
+  def test_median(self, k, corrupt):
+    x, w, mask, valid = make_case(k, corrupt)
+    agg = aggregators.get("median")
+    fn = self.variant(lambda x, w, m: apply_flat(agg, x, w, m)[0])
+    chex.assert_trees_all_close(fn(x, w, mask), np_median_or_zero(x, valid),
+                                atol=1e-6)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*CASES)
+  def test_weighted_median(self, k, corrupt):
+    agg = aggregators.get("median", weighted=True)
+    fn = self.variant(lambda x, w, m: apply_flat(agg, x, w, m)[0])
+    for int_weights in (False, True):
+      x, w, mask, valid = make_case(k, corrupt, int_weights=int_weights)
+      chex.assert_trees_all_close(fn(x, w, mask),
+                                  ref_weighted_median(x, w, valid), atol=1e-6)
+    # Equal weights (not 1, not a power of 2) reproduce np.median exactly.
+    x, _, mask, valid = make_case(k, corrupt)
+    chex.assert_trees_all_close(fn(x, np.full(k, 0.3, np.float32), mask),
+                                np_median_or_zero(x, valid), atol=1e-6)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*CASES)
+  def test_trimmed_mean(self, k, corrupt):
+    x, w, mask, valid = make_case(k, corrupt)
+    for beta in (0.0, 0.1, 0.3, 0.49):
+      agg = aggregators.get("trimmed_mean", beta=beta)
+      fn = self.variant(lambda x, w, m, agg=agg: apply_flat(agg, x, w, m)[0])
+      chex.assert_trees_all_close(
+          fn(x, w, mask), scipy.stats.trim_mean(x[valid], beta, axis=0),
+          atol=1e-5)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*CASES)
+  def test_weighted_trimmed_mean(self, k, corrupt):
+    beta = 0.3
+    agg = aggregators.get("trimmed_mean", beta=beta, weighted=True)
+    fn = self.variant(lambda x, w, m: apply_flat(agg, x, w, m)[0])
+    for int_weights in (False, True):
+      x, w, mask, valid = make_case(k, corrupt, int_weights=int_weights)
+      chex.assert_trees_all_close(
+          fn(x, w, mask), ref_weighted_trimmed_mean(x, w, valid, beta),
+          atol=1e-5)
+    x, _, mask, valid = make_case(k, corrupt)
+    chex.assert_trees_all_close(
+        fn(x, np.full(k, 0.3, np.float32), mask),
+        scipy.stats.trim_mean(x[valid], beta, axis=0), atol=1e-5)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*CASES)
+  def test_krum(self, k, corrupt):
+    x, w, mask, valid = make_case(k, corrupt)
+    x[:, : D // 2] += 0.01 * np.arange(k)[:, None]  # break exact score ties
+    f = 1
+    ref = ref_krum_scores(x, valid, f)
+    scores = self.variant(krum.krum_scores, static_argnums=2)(
+        jnp.asarray(x), jnp.asarray(valid), f)
+    chex.assert_trees_all_close(np.where(valid, scores, 0),
+                                np.where(valid, ref, 0), rtol=1e-4, atol=1e-5)
+    self.assertTrue(np.all(np.isinf(np.asarray(scores)[~valid])))
+    agg = aggregators.get("krum", num_byzantine=f)
+    out = self.variant(lambda x, w, m: apply_flat(agg, x, w, m)[0])(x, w, mask)
+    chex.assert_trees_all_close(out, x[np.argmin(ref)])
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*CASES)
+  def test_multi_krum(self, k, corrupt):
+    x, w, mask, valid = make_case(k, corrupt)
+    x[:, : D // 2] += 0.01 * np.arange(k)[:, None]
+    f, sel = 1, 3
+    ref = ref_krum_scores(x, valid, f)
+    chosen = np.argsort(ref, kind="stable")[: min(sel, valid.sum())]
+    for weighted in (False, True):
+      agg = aggregators.get("multi_krum", num_byzantine=f, num_selected=sel,
+                            weighted=weighted)
+      out = self.variant(lambda x, w, m, agg=agg: apply_flat(agg, x, w, m)[0])
+      ww = w[chosen] if weighted else np.ones(len(chosen))
+      expect = (ww @ x[chosen].astype(np.float64)) / ww.sum()
+      chex.assert_trees_all_close(out(x, w, mask), expect, atol=1e-5)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*CASES)
+  def test_geomed(self, k, corrupt):
+    x, w, mask, valid = make_case(k, corrupt, d=3)
+    agg = aggregators.get("geomed", max_iters=500, tol=1e-10, eps=1e-8)
+    out = np.asarray(
+        self.variant(lambda x, w, m: apply_flat(agg, x, w, m)[0])(x, w, mask),
+        np.float64)
+    xv, wv = x[valid].astype(np.float64), w[valid].astype(np.float64)
+    obj = lambda v: np.sum(wv * np.linalg.norm(xv - v, axis=1))
+    ref = scipy.optimize.minimize(
+        obj, np.average(xv, axis=0, weights=wv), method="Nelder-Mead",
+        options=dict(xatol=1e-9, fatol=1e-12, maxiter=20000)).x
+    # Objective within float32 accuracy of the optimum, and close to it.
+    self.assertLessEqual(obj(out), obj(ref) * (1 + 1e-5) + 1e-6)
+    chex.assert_trees_all_close(out, ref, atol=2e-3)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*CASES)
+  def test_centered_clip(self, k, corrupt):
+    x, w, mask, valid = make_case(k, corrupt)
+    tau, iters = 0.8, 2
+    agg = aggregators.get("centered_clip", tau=tau, iters=iters)
+    fn = self.variant(lambda x, w, m, s: apply_flat(agg, x, w, m, s))
+    xv = x[valid].astype(np.float64)
+    wv = w[valid] / w[valid].sum()
+    v = np.zeros(x.shape[1])
+    outs = []
+    state = agg.init()
+    for _ in range(2):  # second round starts from the first aggregate
+      for _ in range(iters):
+        diff = xv - v
+        norm = np.linalg.norm(diff, axis=1)
+        v = v + (wv * np.minimum(1, tau / np.maximum(norm, 1e-30))) @ diff
+      out, state = fn(x, w, mask, state)
+      chex.assert_trees_all_close(out, v, atol=1e-5)
+      chex.assert_trees_all_close(state, v, atol=1e-5)
+      outs.append(out)
+
+
+# ----------------------------------------------------------------------------
+# Edge cases, closed forms, pipeline, compile behaviour.
+# ----------------------------------------------------------------------------
+
+ALL_KERNELS = [
+    ("mean", {}), ("median", {}), ("median", {"weighted": True}),
+    ("trimmed_mean", {"beta": 0.2}),
+    ("trimmed_mean", {"beta": 0.2, "weighted": True}),
+    ("krum", {"num_byzantine": 1}),
+    ("multi_krum", {"num_byzantine": 1, "num_selected": 2}),
+    ("geomed", {}), ("centered_clip", {}), ("hybrid", {}),
+]
+
+
+@pytest.mark.parametrize("name,kw", ALL_KERNELS)
+def test_no_valid_rows_gives_zeros_and_finite(name, kw):
+  x = np.full((4, 3), 7.0, np.float32)
+  x[1, 0] = np.nan
+  x[2, 2] = np.inf
+  mask = np.array([False, True, True, False])
+  agg = aggregators.get(name, **kw)
+  out, _ = apply_flat(agg, x, np.ones(4, np.float32), mask, agg.init())
+  chex.assert_trees_all_close(out, np.zeros(3))
+
+
+@pytest.mark.parametrize("name,kw", ALL_KERNELS)
+def test_pytree_roundtrip_and_single_trace(name, kw):
+  """Nested pytree in/out; a second call with equal shapes does not retrace."""
+  rng = np.random.default_rng(0)
+  agg = aggregators.get(name, **kw)
+  ups = {"a": rng.standard_normal((5, 2, 3)).astype(np.float32),
+         "b": (rng.standard_normal((5, 4)).astype(np.float32),)}
+  state = agg.init()
+  if name == "centered_clip":  # None state -> [D] state: one warm-up call
+    _, state = agg.apply(ups, jnp.ones(5), jnp.ones(5, bool), state)
+  chex.clear_trace_counter()
+  # A plain wrapper, since chex refuses to wrap hybrid's already-jitted apply.
+  fn = jax.jit(chex.assert_max_traces(lambda *a: agg.apply(*a), n=1))
+  for seed in range(3):
+    ups = jax.tree_util.tree_map(lambda u: u + seed, ups)
+    out, state = fn(ups, jnp.ones(5), jnp.asarray([1, 1, 0, 1, 1], bool),
+                    state)
+  chex.assert_trees_all_equal_shapes(out, jax.tree_util.tree_map(
+      lambda u: u[0], ups))
+
+
+def test_hybrid_apply_is_jitted_and_compiles_once():
+  agg = aggregators.get("hybrid")
+  x = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
+  for s in range(3):
+    apply_flat(agg, x + s, np.ones(6, np.float32), np.ones(6, bool),
+               agg.init())
+  assert agg.apply._cache_size() == 1
+
+
+@pytest.mark.parametrize("k", [2, 3, 64])
+def test_median_even_count_averages_middle_pair(k):
+  x = np.arange(k * 2, dtype=np.float32).reshape(k, 2)[::-1].copy()
+  mask = np.ones(k, bool)
+  mask[0] = k % 2 == 0  # keep an even number of valid rows in every case
+  n_even = mask.sum() % 2 == 0
+  out = median.median_flat(jnp.asarray(x), jnp.asarray(mask))
+  chex.assert_trees_all_close(out, np.median(x[mask], axis=0))
+  assert n_even
+
+
+def test_weighted_median_closed_forms():
+  x = jnp.array([[1.0], [2.0], [3.0], [4.0]])
+  valid = jnp.ones(4, bool)
+  f = lambda w: float(median.weighted_median_flat(x, jnp.asarray(w), valid)[0])
+  assert f([1.0, 1.0, 1.0, 1.0]) == 2.5  # exact half at a boundary: average
+  assert f([1.0, 1.0, 1.0, 5.0]) == 4.0  # heavy row holds the half mass
+  assert f([3.0, 1.0, 1.0, 1.0]) == 1.5  # C = 3 = W/2 exactly at row 1
+  assert f([0.0, 1.0, 0.0, 1.0]) == 3.0  # zero weights never chosen: (2+4)/2
+
+
+def test_weighted_trimmed_mean_closed_form():
+  # Weights 1,1,2 -> W = 4, n = 3, beta 0.34: t = 1, cut 4/3 from each end.
+  # Kept: row 2 (value 2) on [4/3, 2) -> 2/3, row 3 (value 3) on [2, 8/3).
+  x = jnp.array([[1.0], [2.0], [3.0]])
+  out = trimmed_mean.weighted_trimmed_mean_flat(
+      x, jnp.array([1.0, 1.0, 2.0]), jnp.ones(3, bool), 0.34)
+  chex.assert_trees_all_close(out, jnp.array([(2 * 2 / 3 + 3 * 2 / 3) / (4 / 3)]))
+
+
+@pytest.mark.parametrize("k,d,block", [(3, 1000, 128), (64, 2500, None),
+                                       (17, 300, 256)])
+def test_column_blocking_matches_references(k, d, block):
+  """Several blocks and an overlapping last block give exact results."""
+  x, w, _, _ = make_case(k, False, d=d)
+  valid = np.ones(k, bool)
+  valid[0] = False
+  keys = _sortnet.sort_keys(jnp.asarray(x), jnp.asarray(valid))
+  out = _sortnet.map_column_blocks(
+      lambda a: _sortnet.bitonic_sort(a[0])[0][k // 2], (keys,), block=block)
+  chex.assert_trees_all_close(out, np.sort(np.where(valid[:, None], x, np.inf),
+                                           axis=0)[k // 2])
+  chex.assert_trees_all_close(median.median_flat(x, valid),
+                              np.median(x[valid], axis=0), atol=1e-6)
+  chex.assert_trees_all_close(
+      trimmed_mean.weighted_trimmed_mean_flat(x, w, valid, 0.2),
+      ref_weighted_trimmed_mean(x, w, valid, 0.2), atol=1e-5)
+
+
+def test_krum_brute_force_k64_with_f8():
+  x, _, _, valid = make_case(64, True, d=20)
+  scores = krum.krum_scores(jnp.asarray(x), jnp.asarray(valid), 8)
+  ref = ref_krum_scores(x, valid, 8)
+  chex.assert_trees_all_close(np.where(valid, scores, 0),
+                              np.where(valid, ref, 0), rtol=1e-4)
+  assert int(np.argmin(np.asarray(scores))) == int(np.argmin(ref))
+
+
+def test_geomed_collinear_and_weighted_closed_form():
+  x = jnp.array([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0]])
+  out, _ = geomed.geomed_flat(x, jnp.ones(3), jnp.ones(3, bool), 500, 1e-12,
+                              1e-9)
+  chex.assert_trees_all_close(out, jnp.array([1.0, 0.0]), atol=1e-4)
+  # A point holding more than half the weight is the geometric median.
+  out, _ = geomed.geomed_flat(x, jnp.array([1.0, 1.0, 3.0]), jnp.ones(3, bool),
+                              500, 1e-12, 1e-9)
+  chex.assert_trees_all_close(out, jnp.array([5.0, 0.0]), atol=1e-4)
+
+
+def test_centered_clip_bounds_outlier_influence():
+  agg = centered_clip.centered_clip(tau=1.0, iters=1)
+  x = np.array([[0.0, 0.0], [0.0, 0.0], [1e6, 0.0]], np.float32)
+  out, state = apply_flat(agg, x, np.ones(3, np.float32), np.ones(3, bool),
+                          agg.init())
+  chex.assert_trees_all_close(out, np.array([1 / 3, 0.0]), atol=1e-6)
+  # Next round starts at the previous aggregate.
+  out, _ = apply_flat(agg, x, np.ones(3, np.float32), np.ones(3, bool), state)
+  chex.assert_trees_all_close(out, np.array([1 / 3 + (-2 / 3 + 1) / 3, 0.0]),
+                              atol=1e-6)
+
+
+def test_norm_clipping():
+  x = jnp.array([[3.0, 4.0], [0.0, 0.0], [0.6, 0.8], [np.nan, 1.0]])
+  valid = jnp.array([True, True, True, False])
+  out = clipping.clip_by_norm(x, valid, 2.0)
+  chex.assert_trees_all_close(out[:3], jnp.array([[1.2, 1.6], [0, 0],
+                                                  [0.6, 0.8]]))
+  assert np.isnan(out[3, 0])  # invalid rows untouched, still invalid
+  out, thr = clipping.clip_relative_to_median_norm(x, valid, 2.0)
+  assert float(thr) == pytest.approx(2.0)  # median of norms {5, 0, 1} = 1
+  chex.assert_trees_all_close(out[0], jnp.array([1.2, 1.6]))
+
+
+def test_hybrid_matches_composed_reference_and_falls_back():
+  x, w, mask, valid = make_case(64, True, d=D)
+  x[valid.nonzero()[0][:3]] *= 50  # a few rows that clipping must catch
+  agg = hybrid.hybrid(clip_multiplier=2.0, beta=0.2, min_trusted=3,
+                      weight_threshold=0.5)
+  norms = np.linalg.norm(np.where(valid[:, None], x, 0).astype(np.float64), axis=1)
+  c = 2.0 * np.median(norms[valid])
+  xc = x * np.minimum(1, c / np.maximum(norms, 1e-30))[:, None]
+  out, st = apply_flat(agg, x, w, mask, agg.init())
+  assert not bool(st.used_fallback)
+  assert float(st.clip_threshold) == pytest.approx(c, rel=1e-5)
+  chex.assert_trees_all_close(out, ref_weighted_trimmed_mean(xc, w, valid, 0.2),
+                              atol=1e-4)
+  # Only two rows above the threshold -> weighted median fallback.
+  w2 = np.where(np.arange(64) < 2, 1.0, 0.1).astype(np.float32)
+  out, st = apply_flat(agg, x, w2, mask, agg.init())
+  assert bool(st.used_fallback) == (int(np.sum(valid & (w2 > 0.5))) < 3)
+  chex.assert_trees_all_close(out, ref_weighted_median(xc, w2, valid),
+                              atol=1e-4)
+
+
+# ----------------------------------------------------------------------------
+# Breakdown: f < K/2 huge rows.
+# ----------------------------------------------------------------------------
+
+def _attacked(k=9, f=4, d=6, seed=0, identical=False):
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal((k, d)).astype(np.float32)
+  bad = rng.choice(k, f, replace=False)
+  signs = rng.choice([-1.0, 1.0], size=(f, d))
+  x[bad] = 1e6 if identical else 1e6 * signs
+  honest = np.setdiff1d(np.arange(k), bad)
+  return x, bad, honest
+
+
+@pytest.mark.parametrize("seed,identical", [(0, False), (1, True), (2, False)])
+def test_breakdown_median_and_trimmed_mean(seed, identical):
+  x, _, honest = _attacked(seed=seed, identical=identical)
+  lo, hi = x[honest].min(0), x[honest].max(0)
+  ones, mask = np.ones(9, np.float32), np.ones(9, bool)
+  for name, kw in [("median", {}), ("median", {"weighted": True}),
+                   ("trimmed_mean", {"beta": 0.45}),
+                   ("trimmed_mean", {"beta": 0.45, "weighted": True}),
+                   ("hybrid", {"beta": 0.45})]:
+    agg = aggregators.get(name, **kw)
+    out = np.asarray(apply_flat(agg, x, ones, mask, agg.init())[0])
+    assert np.all((out >= lo - 1e-6) & (out <= hi + 1e-6)), (name, kw, out)
+
+
+@pytest.mark.parametrize("seed,identical", [(0, False), (1, True), (2, False)])
+def test_breakdown_krum_picks_honest(seed, identical):
+  x, _, honest = _attacked(k=9, f=3, seed=seed, identical=identical)
+  scores = krum.krum_scores(jnp.asarray(x), jnp.ones(9, bool), 3)
+  assert int(np.argmin(np.asarray(scores))) in honest
+  _, selected = krum.multi_krum_flat(jnp.asarray(x), jnp.ones(9),
+                                     jnp.ones(9, bool), 3, 4)
+  assert set(np.flatnonzero(np.asarray(selected))) <= set(honest)
+
+
+# ----------------------------------------------------------------------------
+# Config validation, registry, docstring examples.
+# ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,kw,field", [
+    ("trimmed_mean", {"beta": 0.5}, "beta"),
+    ("trimmed_mean", {"beta": -0.1}, "beta"),
+    ("krum", {"num_byzantine": -1}, "num_byzantine"),
+    ("multi_krum", {"num_selected": 0}, "num_selected"),
+    ("geomed", {"eps": 0.0}, "eps"),
+    ("geomed", {"max_iters": 0}, "max_iters"),
+    ("centered_clip", {"tau": 0.0}, "tau"),
+    ("centered_clip", {"iters": 0}, "iters"),
+    ("hybrid", {"clip_multiplier": 0.0}, "clip_multiplier"),
+    ("hybrid", {"beta": 0.7}, "beta"),
+])
+def test_invalid_hyperparameters_name_the_field(name, kw, field):
+  with pytest.raises(ValueError, match=field):
+    aggregators.get(name, **kw)
+
+
+def test_registry_names():
+  assert set(base.names()) >= {"mean", "median", "trimmed_mean", "krum",
+                               "multi_krum", "geomed", "centered_clip",
+                               "hybrid"}
+
+
+@pytest.mark.parametrize("module", [mean, median, trimmed_mean, krum, geomed,
+                                    centered_clip, clipping, hybrid, trust],
+                         ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_docstring_examples(module):
+  result = doctest.testmod(module, globs=dict(vars(module)))
+  assert result.failed == 0 and result.attempted > 0

@@ -1,0 +1,111 @@
+"""Config validation: one clear line naming the key."""
+import subprocess
+import sys
+
+import pytest
+
+from afl.config import ConfigError, build_config
+from configs import tiny
+
+
+def _cfg(**overrides):
+  c = tiny.get_config()
+  for key, value in overrides.items():
+    node = c
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    with node.unlocked() if hasattr(node, "unlocked") else _null():
+      node[last] = value
+  return c
+
+
+class _null:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *a):
+    return False
+
+
+def test_shipped_configs_validate():
+  import importlib
+  for name in ("tiny", "fmnist_hybrid", "cifar_hybrid"):
+    build_config(importlib.import_module(f"configs.{name}").get_config())
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("client.lr", -1.0, "config.client.lr"),
+    ("client.local_steps", 0, "config.client.local_steps"),
+    ("server.mode", "fedavgx", "config.server.mode"),
+    ("client.backend", "gpu", "config.client.backend"),
+    ("client.optimizer", "nosuchopt", "config.client.optimizer"),
+    ("data.dirichlet_alpha", 0.0, "config.data.dirichlet_alpha"),
+    ("data.partition", "pathological", "config.data.partition"),
+    ("scheduler.dropout_prob", 1.0, "config.scheduler.dropout_prob"),
+    ("scheduler.duration_dist", "weibull", "config.scheduler.duration_dist"),
+    ("server.mixing_alpha", 1.5, "config.server.mixing_alpha"),
+    ("concurrency", 100, "config.concurrency"),
+    ("model.name", "vgg", "config.model.name"),
+    ("aggregator.name", "avg", "config.aggregator.name"),
+    ("stop.max_versions", 0, "config.stop.max_versions"),
+    ("eval.every_versions", 0, "config.eval.every_versions"),
+])
+def test_bad_values_name_the_key(key, value, needle):
+  with pytest.raises(ConfigError) as e:
+    build_config(_cfg(**{key: value}))
+  msg = str(e.value)
+  assert msg.startswith(needle + ":"), msg
+  assert "\n" not in msg
+
+
+def test_unknown_key():
+  c = tiny.get_config()
+  c.client.learning_rate = 0.1
+  with pytest.raises(ConfigError, match=r"^config\.client\.learning_rate: "
+                     "unknown key"):
+    build_config(c)
+
+
+def test_wrong_type():
+  c = tiny.get_config().to_dict()
+  c["client"]["local_steps"] = "five"
+  with pytest.raises(ConfigError, match=r"^config\.client\.local_steps: "
+                     "expected an integer"):
+    build_config(c)
+  c = tiny.get_config().to_dict()
+  c["client"]["lr"] = True
+  with pytest.raises(ConfigError, match=r"^config\.client\.lr: expected"):
+    build_config(c)
+
+
+def _launch(*args):
+  return subprocess.run([sys.executable, "launch.py", *args],
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_launch_reports_one_line_errors(tmp_path):
+  r = _launch("--config", "configs/tiny.py", "--config.client.foo=1")
+  assert r.returncode == 2
+  assert r.stderr.strip() == ("error: config.client.foo: unknown key "
+                              "(in override --config.client.foo)")
+  r = _launch("--config", "configs/tiny.py", "--config.client.lr=-0.5")
+  assert r.returncode == 2
+  assert r.stderr.strip().splitlines()[-1] == (
+      "error: config.client.lr: must be > 0, got -0.5")
+  r = _launch("--config", "configs/nope.py")
+  assert r.stderr.strip() == "error: --config: no such file configs/nope.py"
+
+
+def test_workdir_of_another_config_is_refused(tmp_path):
+  wd = str(tmp_path / "w")
+  r = _launch("--config", "configs/tiny.py", "--workdir", wd,
+              "--config.stop.max_versions=2")
+  assert r.returncode == 0, r.stderr
+  r = _launch("--config", "configs/tiny.py", "--workdir", wd,
+              "--config.stop.max_versions=3")
+  assert r.returncode == 2
+  assert "holds a run of a different config" in r.stderr
+  r = _launch("--config", "configs/tiny.py", "--workdir", wd, "--overwrite",
+              "--config.stop.max_versions=3")
+  assert r.returncode == 0, r.stderr
