@@ -71,9 +71,12 @@ def subsampled_gaussian_event(
 
   Returns:
     `SelfComposedDpEvent(PoissonSampledDpEvent(q, GaussianDpEvent(sigma)),
-    steps)`.
+    steps)`, or `NoOpDpEvent()` when steps is 0 (dp_accounting rejects a
+    count of 0; nothing happened, so epsilon is 0).
   """
   _check_args(noise_multiplier, sampling_prob, steps)
+  if steps == 0:
+    return dp_accounting.NoOpDpEvent()
   return dp_accounting.SelfComposedDpEvent(
       dp_accounting.PoissonSampledDpEvent(
           float(sampling_prob),
