@@ -171,17 +171,23 @@ class Backend:
     return out
 
 
-def resolve_backend(kind: str, platform: str | None = None) -> str:
-  """`auto` -> `loop` on CPU and `vmap` on accelerators.
+def resolve_backend(kind: str, platform: str | None = None,
+                    has_conv: bool = True) -> str:
+  """`auto` -> `vmap` on accelerators; on CPU `loop` for conv nets and
+  `vmap` for dense-only models.
 
-  Measured on XLA:CPU (benchmarks/RESULTS.md): the loop of jitted steps beats
-  jit(vmap) for both conv nets and MLPs; on GPU/TPU one vmapped program per
-  cohort is the point of afl.
+  Measured on XLA:CPU (benchmarks/RESULTS.md): a vmapped conv with per-client
+  kernels becomes a slow grouped convolution and convs inside lax.scan are
+  ~10x slower, so conv nets loop over jitted steps; dense-only models gain
+  from one batched program. On GPU/TPU one vmapped program per cohort is the
+  point of afl.
   """
   if kind != "auto":
     return kind
   platform = platform or jax.default_backend()
-  return "loop" if platform == "cpu" else "vmap"
+  if platform == "cpu":
+    return "loop" if has_conv else "vmap"
+  return "vmap"
 
 
 def bucket_size(n: int) -> int:

@@ -119,7 +119,8 @@ class Simulation:
         client_lib.cross_entropy_loss(self.model.apply),
         make_optimizer(c.optimizer, c.lr, dict(c.optimizer_kwargs)),
         c.batch_size, c.local_steps)
-    self.backend_kind = client_lib.resolve_backend(c.backend)
+    self.backend_kind = client_lib.resolve_backend(
+        c.backend, has_conv=cfg.model.name in models.CONV_MODELS)
     self.backend = client_lib.Backend(fns, self.backend_kind)
     log(f"client backend: {self.backend_kind} (config: {c.backend})")
 

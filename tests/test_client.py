@@ -112,5 +112,6 @@ def test_loop_step_compiles_once():
 
 def test_auto_backend():
   assert client_lib.resolve_backend("auto", "cpu") == "loop"
+  assert client_lib.resolve_backend("auto", "cpu", has_conv=False) == "vmap"
   assert client_lib.resolve_backend("auto", "gpu") == "vmap"
   assert client_lib.resolve_backend("vmap", "cpu") == "vmap"

@@ -13,6 +13,9 @@ MODELS = {
 }
 
 
+CONV_MODELS = frozenset({"cnn", "cnn_mnist", "resnet8", "resnet20"})
+
+
 def make_model(name: str, num_classes: int, width: int = 0,
                dtype: str = "float32"):
   """Builds the named model; width 0 takes the model's default."""

@@ -1,0 +1,114 @@
+"""Client-updates per second for each backend, model and cohort size.
+
+  python benchmarks/throughput.py                       # CPU defaults
+  python benchmarks/throughput.py --cohorts 64,256,1024,4096 --out gpu.json
+
+Each configuration trains a cohort of tasks (distinct clients, each from
+the same start params) with `afl.client.Backend`; the table shows updates/s
+and each backend's ratio to `loop` measured in the same run.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from afl import client as client_lib  # noqa: E402
+from afl import models  # noqa: E402
+
+# name -> (model, width, input shape, local steps, batch): the issue-8 table.
+WORKLOADS = {
+    "cnn": ("cnn", 32, (32, 32, 3), 1, 32),
+    "mlp": ("mlp", 100, (28, 28, 1), 5, 16),
+}
+
+
+def _data(shape, num_clients, per_client=64, seed=0):
+  rng = np.random.default_rng(seed)
+  n = num_clients * per_client
+  return client_lib.ClientData(
+      x=jnp.asarray(rng.standard_normal((n,) + shape, np.float32)),
+      y=jnp.asarray(rng.integers(0, 10, n).astype(np.int32)),
+      indices=jnp.arange(n, dtype=jnp.int32),
+      offsets=jnp.arange(0, n + 1, per_client, dtype=jnp.int32))
+
+
+def measure(workload, backend, cohort, repeats, min_seconds=1.0):
+  name, width, shape, steps, batch = WORKLOADS[workload]
+  model = models.make_model(name, 10, width)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape))
+  fns = client_lib.make_client_fns(client_lib.cross_entropy_loss(model.apply),
+                                   optax.sgd(0.05), batch, steps)
+  run = client_lib.Backend(fns, backend)
+  data = _data(shape, cohort)
+  root = jax.random.PRNGKey(1)
+  ids = list(range(cohort))
+
+  def once(t):
+    out = run([params] * cohort, ids, [t] * cohort, root, data)
+    jax.block_until_ready(out[-1][0])
+
+  t0 = time.perf_counter()
+  once(0)  # compile + warm-up
+  compile_s = time.perf_counter() - t0
+  best = np.inf
+  for r in range(repeats):
+    t0 = time.perf_counter()
+    n = 0
+    while True:
+      once(r + 1 + n)
+      n += 1
+      if time.perf_counter() - t0 >= min_seconds:
+        break
+    best = min(best, (time.perf_counter() - t0) / n)
+  return dict(workload=workload, backend=backend, cohort=cohort,
+              updates_per_s=cohort / best, seconds_per_cohort=best,
+              compile_s=compile_s)
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--workloads", default="cnn,mlp")
+  ap.add_argument("--backends", default="loop,vmap")
+  ap.add_argument("--cohorts", default="8,64")
+  ap.add_argument("--repeats", type=int, default=2)
+  ap.add_argument("--min-seconds", type=float, default=1.0)
+  ap.add_argument("--out", default="benchmarks/out/throughput.json")
+  args = ap.parse_args()
+  rows = []
+  for w in args.workloads.split(","):
+    for c in map(int, args.cohorts.split(",")):
+      for b in args.backends.split(","):
+        rows.append(measure(w, b, c, args.repeats, args.min_seconds))
+        r = rows[-1]
+        print(f"  {w:4s} {b:5s} cohort {c:5d}: {r['updates_per_s']:9.1f} "
+              f"updates/s (compile {r['compile_s']:.1f}s)", file=sys.stderr)
+  ref = {(r["workload"], r["cohort"]): r["updates_per_s"]
+         for r in rows if r["backend"] == "loop"}
+  print(f"\n{jax.devices()[0].device_kind} ({jax.default_backend()}), "
+        f"jax {jax.__version__}\n")
+  print("| workload | backend | cohort | updates/s | vs loop |")
+  print("|---|---|---|---|---|")
+  for r in rows:
+    base = ref.get((r["workload"], r["cohort"]))
+    ratio = f"{r['updates_per_s'] / base:.2f}x" if base else "-"
+    print(f"| {r['workload']} | {r['backend']} | {r['cohort']} | "
+          f"{r['updates_per_s']:.1f} | {ratio} |")
+  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(dict(device=jax.devices()[0].device_kind,
+                   platform=jax.default_backend(), jax=jax.__version__,
+                   host=platform.node(), rows=rows), f, indent=2)
+  print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()
