@@ -1,4 +1,4 @@
-"""Tests for afl.privacy.secagg: masks cancel, dropouts recover, rows look random."""
+"""Tests for afl.privacy.secagg: masks cancel, dropouts recover, rows random."""
 import chex
 import jax
 import jax.numpy as jnp
@@ -10,8 +10,11 @@ from afl.privacy import secagg
 
 SCALE = secagg.DEFAULT_SCALE
 
+# Shared jitted entry points, and a handful of shapes, so that tests reuse
+# compilations (each distinct (K, D) is a new program).
 _mask = jax.jit(secagg.mask_updates)
 _unmask = jax.jit(secagg.unmask_sum)
+DIM = 129
 
 
 def _quantized_sum(x, keep):
@@ -27,9 +30,10 @@ def _cohort(k, dim, seed=0):
   return x, ids
 
 
-@pytest.mark.parametrize("k", [1, 2, 3, 6, 7])
+# K = 1: self mask only; 3: odd; 6: even (the d = K/2 pairs come up twice).
+@pytest.mark.parametrize("k", [1, 3, 6])
 def test_masked_sum_equals_plain_sum(k):
-  x, ids = _cohort(k, 257)
+  x, ids = _cohort(k, DIM)
   key = jax.random.key(42)
   masked = _mask(x, ids, key)
   assert masked.dtype == jnp.uint32
@@ -45,7 +49,7 @@ def test_masked_sum_equals_plain_sum(k):
                                                                     5]])
 def test_dropouts_after_masking_are_recovered_exactly(dropped):
   k = 6
-  x, ids = _cohort(k, 129, seed=1)
+  x, ids = _cohort(k, DIM, seed=1)
   key = jax.random.key(7)
   masked = _mask(x, ids, key)
   survivors = np.ones(k, bool)
@@ -59,14 +63,14 @@ def test_dropouts_after_masking_are_recovered_exactly(dropped):
 
 
 def test_padding_rows_take_no_part():
-  k = 5
-  x, ids = _cohort(k, 64, seed=2)
+  k = 6
+  x, ids = _cohort(k, DIM, seed=2)
   key = jax.random.key(3)
-  participants = jnp.array([True, False, True, True, False])
-  survivors = jnp.array([True, False, False, True, True])  # 4 is padding
-  masked = secagg.mask_updates(x, ids, key, participants)
+  participants = jnp.array([True, False, True, True, False, True])
+  survivors = jnp.array([True, False, False, True, True, True])  # 4: padding
+  masked = _mask(x, ids, key, participants)
   np.testing.assert_array_equal(masked[~participants], 0)
-  got = secagg.unmask_sum(masked, ids, survivors, key, participants)
+  got = _unmask(masked, ids, survivors, key, participants)
   np.testing.assert_array_equal(
       got, _quantized_sum(x, np.asarray(participants & survivors)))
   # Same cohort without the padding rows gives the same masked vectors.
@@ -76,9 +80,9 @@ def test_padding_rows_take_no_part():
 
 
 def test_masks_depend_on_ids_not_cohort_position():
-  x, ids = _cohort(4, 32, seed=3)
+  x, ids = _cohort(6, DIM, seed=3)
   key = jax.random.key(0)
-  perm = np.array([2, 0, 3, 1])
+  perm = np.array([2, 0, 5, 3, 1, 4])
   np.testing.assert_array_equal(_mask(x[perm], ids[perm], key),
                                 _mask(x, ids, key)[perm])
 
@@ -108,7 +112,7 @@ def test_masked_vector_is_uncorrelated_with_update(k):
 
 
 def test_different_round_keys_give_different_masks():
-  x, ids = _cohort(3, 16)
+  x, ids = _cohort(3, DIM)
   a = _mask(x, ids, jax.random.key(0))
   b = _mask(x, ids, jax.random.key(1))
   assert np.mean(np.asarray(a) == np.asarray(b)) < 0.01
@@ -118,7 +122,7 @@ def test_secure_sum_and_quantization_roundtrip():
   x, ids = _cohort(4, 50, seed=5)
   key = jax.random.key(1)
   survivors = jnp.array([True, False, True, True])
-  got = secagg.secure_sum(x, ids, key, survivors=survivors)
+  got = jax.jit(secagg.secure_sum)(x, ids, key, survivors=survivors)
   np.testing.assert_array_equal(got, _quantized_sum(x, survivors))
   v = jnp.array([0.0, 1.0, -1.0, 2.0 ** -16, -3.5, 1e9, -1e9, jnp.nan])
   back = secagg.dequantize(secagg.quantize(v))
