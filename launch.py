@@ -15,6 +15,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "config file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False,
                                "replace a workdir holding another run")
+_RESUME = flags.DEFINE_bool("resume", False,
+                            "continue the run in --workdir from its latest "
+                            "checkpoint")
 
 
 def _parse(argv):
@@ -32,7 +35,7 @@ def main(argv):
   from afl import config as config_lib  # pylint: disable=g-import-not-at-top
   from afl import run  # pylint: disable=g-import-not-at-top
   try:
-    run.run(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value)
+    run.run(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value, _RESUME.value)
   except (config_lib.ConfigError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -187,6 +187,17 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(**_kw)
+class CheckpointConfig:
+  every_versions: int = 0  # 0: only at the end of the run
+  max_to_keep: int = 2
+  enabled: bool = True  # needs --workdir
+
+  def validate(self, p):
+    _range(f"{p}.every_versions", self.every_versions, 0)
+    _range(f"{p}.max_to_keep", self.max_to_keep, 1)
+
+
+@dataclasses.dataclass(**_kw)
 class LoggingConfig:
   progress: bool = True
   plots: bool = True
@@ -210,6 +221,8 @@ class ExperimentConfig:
   stop: StopConfig = dataclasses.field(default_factory=StopConfig)
   eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
   logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+  checkpoint: CheckpointConfig = dataclasses.field(
+      default_factory=CheckpointConfig)
 
   def validate(self, p):
     _range("seed", self.seed, 0)
@@ -286,6 +299,12 @@ def _build(cls, cfg, path: str):
 def build_config(cfg: ml_collections.ConfigDict | dict) -> ExperimentConfig:
   """Validates a ConfigDict into an `ExperimentConfig` (raises ConfigError)."""
   return _build(ExperimentConfig, cfg, "")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """A ConfigDict holding every key with its default; config files start
+  from it so that any key can be overridden with --config.a.b=value."""
+  return ml_collections.ConfigDict(dataclasses.asdict(ExperimentConfig()))
 
 
 def to_dict(cfg: ExperimentConfig) -> dict:

@@ -36,7 +36,9 @@ class MetricsWriter:
   in memory only (tests)."""
 
   def __init__(self, workdir: str | None, cfg, *, progress: bool = True,
-               max_versions: int = 0):
+               max_versions: int = 0, history: list | None = None):
+    """`history`: records restored from a checkpoint; metrics.jsonl is
+    rewritten with exactly these (lines after the checkpoint are dropped)."""
     self.workdir = workdir
     self.cfg = cfg
     self._file = None
@@ -45,12 +47,15 @@ class MetricsWriter:
       with open(os.path.join(workdir, "config.json"), "w") as f:
         json.dump(_clean(config_lib.to_dict(cfg)), f, indent=2)
       self._file = open(os.path.join(workdir, "metrics.jsonl"), "w")
+      for record in history or []:
+        self._file.write(dumps(record) + "\n")
+      self._file.flush()
     self._bar = None
     if progress:
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
       self._bar = tqdm(total=max_versions, unit="version", file=sys.stderr,
                        dynamic_ncols=True, leave=True)
-    self._acc = float("nan")
+    self._acc = history[-1]["test_accuracy"] if history else float("nan")
 
   def write(self, record: dict):
     self._acc = record["test_accuracy"]

@@ -24,8 +24,9 @@ def _make_logger(workdir: str | None):
 
 
 def prepare_workdir(workdir: str, cfg: config_lib.ExperimentConfig,
-                    overwrite: bool = False):
-  """Refuses a workdir that holds another config's run unless `overwrite`."""
+                    overwrite: bool = False, resume: bool = False):
+  """Refuses a workdir that holds a run unless `overwrite` (start afresh) or
+  `resume` (continue it; the config must be the same)."""
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path) and not overwrite:
     with open(path) as f:
@@ -34,19 +35,23 @@ def prepare_workdir(workdir: str, cfg: config_lib.ExperimentConfig,
       raise config_lib.ConfigError(
           f"workdir {workdir} holds a run of a different config; pass "
           f"--overwrite to replace it or choose another --workdir")
+    if not resume:
+      raise config_lib.ConfigError(
+          f"workdir {workdir} already holds this run; pass --resume to "
+          f"continue it or --overwrite to start again")
   if overwrite and os.path.isdir(workdir):
     shutil.rmtree(workdir)
   os.makedirs(workdir, exist_ok=True)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | None,
-        overwrite: bool = False) -> dict:
+        overwrite: bool = False, resume: bool = False) -> dict:
   """Validates `config`, runs the simulation, returns the summary."""
   cfg = config_lib.build_config(config)
   if workdir:
-    prepare_workdir(workdir, cfg, overwrite)
+    prepare_workdir(workdir, cfg, overwrite, resume)
   log = _make_logger(workdir)
   from afl.simulation import Simulation  # pylint: disable=g-import-not-at-top
-  summary = Simulation(cfg, workdir, log=log).run()
+  summary = Simulation(cfg, workdir, log=log).run(resume=resume)
   log("summary: " + json.dumps(_clean(summary)))
   return summary

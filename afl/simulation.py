@@ -146,6 +146,18 @@ class Simulation:
     self.staleness_hist = collections.Counter()
     self.window = collections.defaultdict(list)  # since the last evaluation
     self.history = []
+    self.last_eval = 0
+
+  # Hooks for components with state of their own (trust, residuals, ...):
+  # arrays go to orbax, the rest to JSON (afl/checkpoint.py).
+  def extra_arrays(self) -> dict:
+    return {}
+
+  def extra_host(self) -> dict:
+    return {}
+
+  def load_extra(self, arrays: dict, host: dict):
+    del arrays, host
 
   # -- dispatch and training -------------------------------------------
 
@@ -281,20 +293,35 @@ class Simulation:
     self.history.append(rec)
     return rec
 
-  def run(self) -> dict:
-    """Runs to a stop condition; returns the summary dict."""
+  def run(self, resume: bool = False) -> dict:
+    """Runs to a stop condition; returns the summary dict.
+
+    With a workdir, checkpoints every `checkpoint.every_versions` versions
+    and at the end; `resume=True` continues from the latest checkpoint.
+    """
     cfg = self.cfg
-    self.t0 = time.perf_counter()
+    mngr = None
+    if self.workdir and cfg.checkpoint.enabled:
+      from afl import checkpoint  # pylint: disable=g-import-not-at-top
+      mngr = checkpoint.manager(self.workdir, cfg.checkpoint.max_to_keep)
+    elapsed = None
+    if resume and mngr is not None:
+      elapsed = checkpoint.restore(mngr, self)
+      if elapsed is not None:
+        self.log(f"resumed from checkpoint at version {self.version}")
+    self.t0 = time.perf_counter() - (elapsed or 0.0)
     writer = MetricsWriter(self.workdir, cfg, progress=cfg.logging.progress,
-                           max_versions=cfg.stop.max_versions)
-    writer.write(self._eval_record())
-    if cfg.server.mode == "sync":
-      self._start_round()
-    else:
-      for _ in range(cfg.concurrency):
-        self._dispatch()
-    reason = None
-    last_eval = 0
+                           max_versions=cfg.stop.max_versions,
+                           history=self.history if elapsed is not None
+                           else None)
+    if elapsed is None:
+      writer.write(self._eval_record())
+      if cfg.server.mode == "sync":
+        self._start_round()
+      else:
+        for _ in range(cfg.concurrency):
+          self._dispatch()
+    every = cfg.checkpoint.every_versions
     while True:
       reason = self._stop_reason()
       if reason:
@@ -303,11 +330,16 @@ class Simulation:
       self.now = task.arrival_time
       if self._handle(task):
         writer.progress(self.version, self.now)
-        if self.version - last_eval >= cfg.eval.every_versions:
+        if self.version - self.last_eval >= cfg.eval.every_versions:
           writer.write(self._eval_record())
-          last_eval = self.version
-    if self.history[-1]["version"] != self.version or len(self.history) == 1:
+          self.last_eval = self.version
+        if mngr is not None and every and self.version % every == 0:
+          checkpoint.save(mngr, self, time.perf_counter() - self.t0)
+    if self.history[-1]["version"] != self.version:
       writer.write(self._eval_record())
+      self.last_eval = self.version
+    if mngr is not None:
+      checkpoint.save(mngr, self, time.perf_counter() - self.t0)
     summary = self.summary(reason)
     writer.close(summary, self.staleness_hist, self.history)
     return summary

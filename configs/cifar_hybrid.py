@@ -5,26 +5,26 @@ folder (the python version from the CIFAR site), or install `datasets` and go
 online for the HuggingFace copy. On an accelerator `client.backend=auto`
 trains each cohort as one vmapped program.
 """
-import ml_collections
+from afl import config as afl_config
 
 
 def get_config(arg=None):
   del arg
-  c = ml_collections.ConfigDict()
+  c = afl_config.base_config()
   c.seed = 0
   c.num_clients = 500
   c.concurrency = 64
-  c.data = dict(name="cifar10", dir="", partition="dirichlet",
+  c.data.update(name="cifar10", dir="", partition="dirichlet",
                 dirichlet_alpha=0.3, min_shard_size=20)
-  c.model = dict(name="resnet8", width=16)
-  c.client = dict(local_steps=10, batch_size=32, lr=0.05, optimizer="sgd",
+  c.model.update(name="resnet8", width=16)
+  c.client.update(local_steps=10, batch_size=32, lr=0.05, optimizer="sgd",
                   optimizer_kwargs=dict(momentum=0.9), backend="auto")
-  c.server = dict(mode="fedbuff", buffer_size=32, optimizer="sgd", lr=1.0,
+  c.server.update(mode="fedbuff", buffer_size=32, optimizer="sgd", lr=1.0,
                   staleness_fn="polynomial", staleness_a=0.5)
-  c.scheduler = dict(step_time=1.0, duration_dist="lognormal",
+  c.scheduler.update(step_time=1.0, duration_dist="lognormal",
                      duration_sigma=0.5, heterogeneity=0.7, network_delay=2.0,
                      dropout_prob=0.05)
-  c.aggregator = dict(name="mean")
-  c.stop = dict(max_versions=2000)
-  c.eval = dict(every_versions=50, batch_size=1000)
+  c.aggregator.update(name="mean")
+  c.stop.update(max_versions=2000)
+  c.eval.update(every_versions=50, batch_size=1000)
   return c

@@ -1,0 +1,95 @@
+"""Checkpoint/resume: a SIGKILLed run resumed ends bitwise equal."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from afl import checkpoint
+from afl.config import build_config
+from afl.simulation import Simulation
+from configs import tiny
+
+ARGS = ["--config", "configs/tiny.py", "--config.checkpoint.every_versions=2",
+        "--config.stop.max_versions=60", "--config.eval.every_versions=5",
+        "--config.scheduler.dropout_prob=0.1"]
+
+
+def _final_arrays(workdir):
+  c = tiny.get_config()
+  c.checkpoint.every_versions = 2
+  c.stop.max_versions = 60
+  c.eval.every_versions = 5
+  c.scheduler.dropout_prob = 0.1
+  sim = Simulation(build_config(c), None, log=lambda m: None)
+  mngr = checkpoint.manager(workdir, 2)
+  checkpoint.restore(mngr, sim)
+  assert sim.version == 60
+  return sim
+
+
+def _metrics(workdir):
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  for r in rows:
+    r.pop("wall_time")
+  return rows
+
+
+@pytest.mark.parametrize("mode", ["fedbuff", "fedasync"])
+def test_sigkill_and_resume_is_bitwise_equal(tmp_path, mode):
+  rng = np.random.default_rng()
+  kill_after = int(rng.integers(3, 25)) * 2  # a random checkpointed version
+  ref_dir, run_dir = str(tmp_path / "ref"), str(tmp_path / "run")
+  mode_arg = [f"--config.server.mode={mode}"]
+  subprocess.run([sys.executable, "launch.py", *ARGS, *mode_arg,
+                  "--workdir", ref_dir], check=True, capture_output=True,
+                 timeout=300)
+  proc = subprocess.Popen([sys.executable, "launch.py", *ARGS, *mode_arg,
+                           "--workdir", run_dir], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  ckpts = os.path.join(run_dir, "checkpoints")
+  deadline = time.time() + 240
+  killed_at = None
+  while time.time() < deadline and proc.poll() is None:
+    steps = [int(d) for d in os.listdir(ckpts) if d.isdigit()] if (
+        os.path.isdir(ckpts)) else []
+    if steps and max(steps) >= kill_after:
+      proc.send_signal(signal.SIGKILL)
+      proc.wait()
+      killed_at = max(steps)
+      break
+    time.sleep(0.005)
+  assert killed_at is not None and killed_at < 60, "run ended before the kill"
+  r = subprocess.run([sys.executable, "launch.py", *ARGS, *mode_arg,
+                      "--workdir", run_dir, "--resume"], capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 0, r.stderr
+  assert "resumed from checkpoint at version" in r.stderr
+  a, b = _final_arrays(ref_dir), _final_arrays(run_dir)
+  for x, y in zip(jax.tree_util.tree_leaves(a.server.state),
+                  jax.tree_util.tree_leaves(b.server.state)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert _metrics(ref_dir) == _metrics(run_dir)
+  sa = json.load(open(os.path.join(ref_dir, "summary.json")))
+  sb = json.load(open(os.path.join(run_dir, "summary.json")))
+  for key in ("final_test_accuracy", "client_updates", "dropouts",
+              "virtual_time", "mean_staleness"):
+    assert sa[key] == sb[key], key
+
+
+def test_resume_refuses_other_config(tmp_path):
+  wd = str(tmp_path / "w")
+  subprocess.run([sys.executable, "launch.py", "--config", "configs/tiny.py",
+                  "--workdir", wd], check=True, capture_output=True,
+                 timeout=300)
+  r = subprocess.run([sys.executable, "launch.py", "--config",
+                      "configs/tiny.py", "--workdir", wd, "--resume",
+                      "--config.client.lr=0.2"], capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 2
+  assert "holds a run of a different config" in r.stderr
