@@ -169,6 +169,7 @@ def stamp_trigger(x: jax.Array, trigger_size: int,
          [0., 1., 1.],
          [0., 1., 1.]], dtype=float32)
   """
+  x = jnp.asarray(x)
   h, w = x.shape[-3], x.shape[-2]
   if not 1 <= trigger_size <= min(h, w):
     raise ValueError(f"trigger_size must be in [1, {min(h, w)}] for images of"

@@ -1,0 +1,370 @@
+"""Attacks against their definitions on small hand-made cohorts and batches."""
+import dataclasses
+import doctest
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+from absl.testing import parameterized
+
+from afl import attacks
+
+K, D = 6, 5
+
+
+def cohort(seed=0, k=K, d=D):
+  """[K, D] updates; rows 0, 1 malicious, row 4 padding, row 5 has a NaN."""
+  rng = np.random.default_rng(seed)
+  flat = rng.standard_normal((k, d)).astype(np.float32)
+  malicious = np.zeros(k, bool)
+  malicious[[0, 1]] = True
+  valid = np.ones(k, bool)
+  valid[4] = False
+  flat[4] = 1e9  # padding garbage must never leak into honest statistics
+  flat[5, 2] = np.nan  # a valid-masked but non-finite honest row
+  return flat, malicious, valid
+
+
+def honest_ref(flat, malicious, valid):
+  honest = valid & ~malicious & np.all(np.isfinite(flat), axis=1)
+  h = flat[honest].astype(np.float64)
+  return h.mean(0), h.std(0, ddof=0)
+
+
+def assert_untouched(out, flat, malicious, valid):
+  keep = ~(malicious & valid)
+  np.testing.assert_array_equal(np.asarray(out)[keep], flat[keep])
+
+
+class UpdateAttackTest(parameterized.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(1.0, 2.5)
+  def test_sign_flip(self, scale):
+    flat, mal, ok = cohort()
+    fn = self.variant(lambda f, m, v: attacks.sign_flip(f, m, v, scale))
+    out = np.asarray(fn(flat, mal, ok))
+    np.testing.assert_array_equal(out[:2], -scale * flat[:2])
+    assert_untouched(out, flat, mal, ok)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_scaling(self):
+    flat, mal, ok = cohort()
+    out = np.asarray(self.variant(
+        lambda f, m, v: attacks.scaling(f, m, v, 10.0))(flat, mal, ok))
+    np.testing.assert_array_equal(out[:2], 10.0 * flat[:2])
+    assert_untouched(out, flat, mal, ok)
+
+  def test_malicious_padding_row_untouched(self):
+    flat, mal, ok = cohort()
+    mal[4] = True  # malicious but padding: must stay as it was
+    for fn in (lambda: attacks.sign_flip(flat, mal, ok),
+               lambda: attacks.ipm(flat, mal, ok, 0.5),
+               lambda: attacks.alie(flat, mal, ok),
+               lambda: attacks.gaussian_noise(flat, mal, ok,
+                                              jax.random.key(0), 1.0)):
+      np.testing.assert_array_equal(np.asarray(fn())[4], flat[4])
+
+  def test_gaussian_statistics(self):
+    k, d, std = 8, 20000, 3.0
+    flat = np.full((k, d), 7.0, np.float32)
+    mal = np.arange(k) < 3
+    ok = np.ones(k, bool)
+    out = np.asarray(jax.jit(
+        lambda f, m, v, key: attacks.gaussian_noise(f, m, v, key, std))(
+            flat, mal, ok, jax.random.key(1)))
+    assert_untouched(out, flat, mal, ok)
+    noise = out[:3]
+    # Replaced, not added: mean 0 (not 7), std 3; rows independent.
+    assert abs(noise.mean()) < 0.05
+    assert abs(noise.std() - std) < 0.05
+    assert abs(np.corrcoef(noise[0], noise[1])[0, 1]) < 0.03
+    ks = scipy.stats.kstest(noise.ravel() / std, "norm")
+    assert ks.pvalue > 1e-3
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(0.5, 1.5, None)
+  def test_alie(self, z):
+    flat, mal, ok = cohort()
+    out = np.asarray(self.variant(
+        lambda f, m, v: attacks.alie(f, m, v, z))(flat, mal, ok))
+    mu, sigma = honest_ref(flat, mal, ok)
+    if z is None:
+      n, m = ok.sum(), (ok & mal).sum()  # n = 5 valid, m = 2
+      s = np.floor(n / 2 + 1) - m
+      z = scipy.stats.norm.ppf((n - s) / n)
+    for i in (0, 1):
+      np.testing.assert_allclose(out[i], mu - z * sigma, rtol=1e-5,
+                                 atol=1e-6)
+    assert_untouched(out, flat, mal, ok)
+
+  @parameterized.parameters((10, 1), (50, 12), (100, 20), (25, 5), (7, 3))
+  def test_alie_z_max_vs_scipy(self, n, m):
+    s = np.floor(n / 2 + 1) - m
+    want = scipy.stats.norm.ppf((n - s) / n)
+    got = float(attacks.alie_z_max(n, m))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+  def test_alie_z_max_edge_cases(self):
+    # Malicious majority: s <= 0 is clamped to s = 1 (finite z).
+    np.testing.assert_allclose(float(attacks.alie_z_max(4, 3)),
+                               scipy.stats.norm.ppf(3 / 4), rtol=1e-5)
+    assert float(attacks.alie_z_max(1, 1)) == 0.0
+    assert float(attacks.alie_z_max(0, 0)) == 0.0
+
+  def test_alie_all_malicious_is_finite(self):
+    flat = np.ones((3, 4), np.float32)
+    out = attacks.alie(flat, np.ones(3, bool), np.ones(3, bool))
+    np.testing.assert_array_equal(np.asarray(out), 0.0)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(0.1, 0.5, 100.0)
+  def test_ipm(self, eps):
+    flat, mal, ok = cohort()
+    out = np.asarray(self.variant(
+        lambda f, m, v: attacks.ipm(f, m, v, eps))(flat, mal, ok))
+    mu, _ = honest_ref(flat, mal, ok)
+    for i in (0, 1):
+      np.testing.assert_allclose(out[i], -eps * mu, rtol=1e-5, atol=1e-6)
+    assert_untouched(out, flat, mal, ok)
+
+  @parameterized.parameters(*attacks.KINDS)
+  def test_make_update_attack(self, kind):
+    flat, mal, ok = cohort()
+    fn = jax.jit(attacks.make_update_attack(kind, std=1.0, scale=2.0,
+                                            factor=3.0, z=1.0, epsilon=0.5))
+    out = np.asarray(fn(flat, mal, ok, jax.random.key(0)))
+    mu, sigma = honest_ref(flat, mal, ok)
+    if kind in attacks.UPDATE_KINDS:
+      want = {"sign_flip": -2.0 * flat[:2], "scaling": 3.0 * flat[:2],
+              "alie": np.stack([mu - sigma] * 2),
+              "ipm": np.stack([-0.5 * mu] * 2)}.get(kind)
+      if want is not None:
+        np.testing.assert_allclose(out[:2], want, rtol=1e-5, atol=1e-6)
+      else:
+        assert not np.allclose(out[:2], flat[:2])
+      assert_untouched(out, flat, mal, ok)
+    else:
+      np.testing.assert_array_equal(out, flat)
+
+  def test_make_update_attack_unknown(self):
+    with pytest.raises(ValueError, match="unknown attack kind"):
+      attacks.make_update_attack("bogus")
+
+
+def images(b=8, h=6, w=5, c=3, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.uniform(0, 0.5, (b, h, w, c)).astype(np.float32)
+  y = rng.integers(0, 10, b).astype(np.int32)
+  return x, y
+
+
+class DataAttackTest(parameterized.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(2, 3, 10)
+  def test_label_flip_permutation(self, c):
+    y = jnp.arange(c, dtype=jnp.int32)
+    fn = self.variant(lambda y, m: attacks.label_flip(y, m, c))
+    np.testing.assert_array_equal(fn(y, True), c - 1 - np.arange(c))
+    np.testing.assert_array_equal(fn(y, False), np.arange(c))
+    # A permutation: flipping twice is the identity.
+    np.testing.assert_array_equal(fn(fn(y, True), True), np.arange(c))
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_label_flip_target(self):
+    y = jnp.array([0, 3, 7, 9], jnp.int32)
+    fn = self.variant(
+        lambda y, m: attacks.label_flip(y, m, 10, "target", target=3))
+    np.testing.assert_array_equal(fn(y, True), [3, 3, 3, 3])
+    np.testing.assert_array_equal(fn(y, False), y)
+
+  def test_stamp_trigger_exact_pixels(self):
+    x, _ = images()
+    out = np.asarray(attacks.stamp_trigger(x, 2, 9.0))
+    want = x.copy()
+    want[:, 4:6, 3:5, :] = 9.0
+    np.testing.assert_array_equal(out, want)
+    one = np.asarray(attacks.stamp_trigger(x[0], 2, 9.0))  # unbatched
+    np.testing.assert_array_equal(one, want[0])
+    with pytest.raises(ValueError, match="trigger_size"):
+      attacks.stamp_trigger(x, 6, 1.0)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters((0.5, 4), (0.25, 2), (1.0, 8), (0.3, 2),
+                            (0.0625, 1), (0.0, 0))
+  def test_backdoor(self, fraction, m):
+    x, y = images()
+    y[:] = np.arange(8) % 4 + 1  # no example is of the target class 0
+    fn = self.variant(lambda x, y, key, mal: attacks.backdoor(
+        x, y, key, mal, target=0, fraction=fraction, trigger_size=2,
+        trigger_value=1.0))
+    xo, yo = map(np.asarray, fn(x, y, jax.random.key(3), True))
+    stamped = np.asarray(attacks.stamp_trigger(x, 2, 1.0))
+    poisoned = np.array([not np.array_equal(xo[i], x[i]) for i in range(8)])
+    assert poisoned.sum() == m
+    np.testing.assert_array_equal(xo[poisoned], stamped[poisoned])
+    np.testing.assert_array_equal(xo[~poisoned], x[~poisoned])
+    np.testing.assert_array_equal(yo[poisoned], 0)
+    np.testing.assert_array_equal(yo[~poisoned], y[~poisoned])
+    # Honest: untouched.
+    xh, yh = fn(x, y, jax.random.key(3), False)
+    np.testing.assert_array_equal(xh, x)
+    np.testing.assert_array_equal(yh, y)
+
+  def test_backdoor_choice_depends_on_key(self):
+    x, y = images(b=32)
+    picks = []
+    for s in range(4):
+      xo, _ = attacks.backdoor(x, y, jax.random.key(s), True, target=0,
+                               fraction=0.25, trigger_size=1,
+                               trigger_value=1.0)
+      picks.append(tuple(np.flatnonzero(np.asarray(xo)[:, -1, -1, 0] == 1)))
+    assert len(set(picks)) > 1
+    assert all(len(p) == 8 for p in picks)
+
+  def test_attack_success_rate(self):
+    # Targets 2; examples with true label 2 are excluded.
+    y_true = jnp.array([0, 1, 2, 2, 3, 4])
+    preds = jnp.array([2, 1, 2, 0, 2, 2])  # 3 of the 4 eligible hit
+    np.testing.assert_allclose(attacks.attack_success_rate(preds, y_true, 2),
+                               0.75)
+    mask = jnp.array([True, True, True, True, True, False])
+    np.testing.assert_allclose(
+        attacks.attack_success_rate(preds, y_true, 2, mask), 2 / 3, rtol=1e-6)
+    assert float(attacks.attack_success_rate(
+        jnp.array([2, 2]), jnp.array([2, 2]), 2)) == 0.0
+    np.testing.assert_allclose(jax.jit(
+        attacks.attack_success_rate, static_argnums=2)(preds, y_true, 2), 0.75)
+
+  @parameterized.parameters(*attacks.KINDS)
+  def test_make_data_attack_vmap_over_clients(self, kind):
+    n = 4
+    x = np.stack([images(seed=i)[0] for i in range(n)])  # [N, B, H, W, C]
+    y = np.stack([images(seed=i)[1] for i in range(n)])
+    mal = np.array([True, False, True, False])
+    keys = jax.random.split(jax.random.key(0), n)
+    fn = attacks.make_data_attack(kind, 10, mode="permutation", target=0,
+                                  fraction=0.5, trigger_size=2,
+                                  trigger_value=1.0)
+    xo, yo = jax.jit(jax.vmap(fn))(x, y, keys, mal)
+    for i in range(n):  # each client against the single-client call
+      xi, yi = fn(x[i], y[i], keys[i], mal[i])
+      np.testing.assert_array_equal(xo[i], xi)
+      np.testing.assert_array_equal(yo[i], yi)
+      if not mal[i] or kind not in attacks.DATA_KINDS:
+        np.testing.assert_array_equal(xo[i], x[i])
+        np.testing.assert_array_equal(yo[i], y[i])
+    if kind == "label_flip":
+      np.testing.assert_array_equal(yo[0], 9 - y[0])
+    if kind == "backdoor":
+      assert int((np.asarray(yo[2]) == 0).sum()) >= 4
+
+  def test_make_data_attack_errors(self):
+    with pytest.raises(ValueError, match="trigger_value"):
+      attacks.make_data_attack("backdoor", 10)
+    with pytest.raises(ValueError, match="mode"):
+      attacks.make_data_attack("label_flip", 10, mode="bogus")
+    with pytest.raises(ValueError, match="unknown attack kind"):
+      attacks.make_data_attack("bogus", 10)
+
+  def test_update_wrapper_vmap_jit_no_retrace(self):
+    fn = attacks.make_update_attack("sign_flip")
+    traced = chex.assert_max_traces(fn, n=1)
+    jitted = jax.jit(traced)
+    flat, mal, ok = cohort()
+    jitted(flat, mal, ok, jax.random.key(0))
+    jitted(flat + 1, ~mal, ok, jax.random.key(1))
+
+
+class SelectMaliciousTest(parameterized.TestCase):
+
+  @parameterized.parameters((100, 0.2, 20), (10, 0.25, 3), (10, 0.15, 2),
+                            (7, 0.0, 0), (7, 1.0, 7), (3, 0.5, 2))
+  def test_count(self, n, fraction, m):
+    mask = attacks.select_malicious(n, fraction, seed=5)
+    assert mask.dtype == bool and mask.shape == (n,)
+    assert mask.sum() == m
+
+  def test_deterministic_and_seeded(self):
+    a = attacks.select_malicious(1000, 0.1, seed=1)
+    b = attacks.select_malicious(1000, 0.1, seed=1)
+    c = attacks.select_malicious(1000, 0.1, seed=2)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    # Does not consume or depend on global numpy state.
+    np.random.seed(0)
+    np.testing.assert_array_equal(a, attacks.select_malicious(1000, 0.1, 1))
+
+  def test_ids(self):
+    mask = attacks.select_malicious(10, 0.0, seed=0, ids=[1, 7])
+    np.testing.assert_array_equal(np.flatnonzero(mask), [1, 7])
+
+  @parameterized.parameters(
+      (dict(fraction=1.5), "attack.fraction"),
+      (dict(fraction=-0.1), "attack.fraction"),
+      (dict(fraction=0.0, ids=[10]), "attack.ids"),
+      (dict(fraction=0.0, ids=[-1]), "attack.ids"),
+      (dict(fraction=0.0, ids=[1, 1]), "attack.ids"),
+      (dict(fraction=0.2, ids=[1]), "attack.ids"))
+  def test_errors(self, kwargs, key):
+    with pytest.raises(ValueError, match=key):
+      attacks.select_malicious(10, seed=0, **kwargs)
+
+
+class AttackConfigTest(parameterized.TestCase):
+
+  def test_defaults_valid(self):
+    attacks.AttackConfig().validate("attack")
+    attacks.AttackConfig(kind="alie", fraction=0.2, alie_z=1.0).validate(
+        "attack")
+
+  @parameterized.parameters(
+      ("kind", "bogus"), ("fraction", 2.0), ("ids", (1, 1)), ("ids", (-2,)),
+      ("label_flip_mode", "random"), ("target", -1), ("target", 1.5),
+      ("backdoor_fraction", 0.0), ("trigger_size", 0),
+      ("trigger_value", float("nan")), ("noise_std", -1.0), ("scale", 0.0),
+      ("factor", float("inf")), ("alie_z", float("nan")),
+      ("ipm_epsilon", 0.0))
+  def test_validate_names_key(self, key, value):
+    cfg = attacks.AttackConfig(**{key: value})
+    with pytest.raises(ValueError, match=rf"^config\.attack\.{key}: ") as e:
+      cfg.validate("attack")
+    assert "\n" not in str(e.value)
+
+  def test_ids_and_fraction_exclusive(self):
+    with pytest.raises(ValueError, match=r"config\.attack\.ids"):
+      attacks.AttackConfig(fraction=0.1, ids=(1,)).validate("attack")
+
+  def test_check_against(self):
+    cfg = attacks.AttackConfig(kind="backdoor", target=10)
+    with pytest.raises(ValueError, match=r"config\.attack\.target"):
+      cfg.check_against(num_clients=5, num_classes=10)
+    cfg = attacks.AttackConfig(kind="sign_flip", ids=(5,))
+    with pytest.raises(ValueError, match=r"config\.attack\.ids"):
+      cfg.check_against(num_clients=5, num_classes=10)
+
+  def test_builders(self):
+    cfg = attacks.AttackConfig(kind="backdoor", fraction=0.5, target=1,
+                               trigger_size=2)
+    assert cfg.resolved_trigger_value(255.0) == 255.0
+    assert dataclasses.replace(cfg, trigger_value=0.5).resolved_trigger_value(
+        255.0) == 0.5
+    assert cfg.has_data_attack and not cfg.has_update_attack
+    assert cfg.malicious_mask(10, seed=0).sum() == 5
+    assert attacks.AttackConfig().malicious_mask(10, 0).sum() == 0
+    x, y = images()
+    xo, yo = cfg.data_attack(10, 255.0)(x, y, jax.random.key(0), True)
+    assert int((np.asarray(xo)[:, -1, -1, 0] == 255.0).sum()) == 4
+    flat, mal, ok = cohort()
+    out = attacks.AttackConfig(kind="scaling", factor=2.0).update_attack()(
+        flat, mal, ok, jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(out)[:2], 2 * flat[:2])
+
+
+def test_doctests():
+  res = doctest.testmod(attacks, optionflags=doctest.NORMALIZE_WHITESPACE)
+  assert res.failed == 0
