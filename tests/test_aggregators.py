@@ -1,6 +1,5 @@
 """Aggregation kernels against independent references (numpy, scipy, loops)."""
 import doctest
-import itertools
 
 import chex
 import jax
@@ -122,7 +121,8 @@ def apply_flat(agg, x, w, mask, state=()):
 # Kernels vs references, with and without jit.
 # ----------------------------------------------------------------------------
 
-CASES = list(itertools.product(SIZES, (False, True)))
+# (K, corrupt); corruption needs K >= 3 to leave a valid row.
+CASES = [(1, False), (2, False), (3, True), (64, True)]
 
 
 class KernelTest(chex.TestCase):
@@ -154,7 +154,7 @@ class KernelTest(chex.TestCase):
   @parameterized.parameters(*CASES)
   def test_trimmed_mean(self, k, corrupt):
     x, w, mask, valid = make_case(k, corrupt)
-    for beta in (0.0, 0.1, 0.3, 0.49):
+    for beta in (0.1, 0.49):
       agg = aggregators.get("trimmed_mean", beta=beta)
       fn = self.variant(lambda x, w, m, agg=agg: apply_flat(agg, x, w, m)[0])
       chex.assert_trees_all_close(
@@ -183,12 +183,7 @@ class KernelTest(chex.TestCase):
     x, w, mask, valid = make_case(k, corrupt)
     x[:, : D // 2] += 0.01 * np.arange(k)[:, None]  # break exact score ties
     f = 1
-    ref = ref_krum_scores(x, valid, f)
-    scores = self.variant(krum.krum_scores, static_argnums=2)(
-        jnp.asarray(x), jnp.asarray(valid), f)
-    chex.assert_trees_all_close(np.where(valid, scores, 0),
-                                np.where(valid, ref, 0), rtol=1e-4, atol=1e-5)
-    self.assertTrue(np.all(np.isinf(np.asarray(scores)[~valid])))
+    ref = ref_krum_scores(x, valid, f)  # scores themselves: test_krum_scores
     agg = aggregators.get("krum", num_byzantine=f)
     out = self.variant(lambda x, w, m: apply_flat(agg, x, w, m)[0])(x, w, mask)
     chex.assert_trees_all_close(out, x[np.argmin(ref)])
@@ -201,13 +196,12 @@ class KernelTest(chex.TestCase):
     f, sel = 1, 3
     ref = ref_krum_scores(x, valid, f)
     chosen = np.argsort(ref, kind="stable")[: min(sel, valid.sum())]
-    for weighted in (False, True):
-      agg = aggregators.get("multi_krum", num_byzantine=f, num_selected=sel,
-                            weighted=weighted)
-      out = self.variant(lambda x, w, m, agg=agg: apply_flat(agg, x, w, m)[0])
-      ww = w[chosen] if weighted else np.ones(len(chosen))
-      expect = (ww @ x[chosen].astype(np.float64)) / ww.sum()
-      chex.assert_trees_all_close(out(x, w, mask), expect, atol=1e-5)
+    agg = aggregators.get("multi_krum", num_byzantine=f, num_selected=sel,
+                          weighted=True)
+    fn = self.variant(lambda x, w, m: apply_flat(agg, x, w, m)[0])
+    for ww in (w, np.ones_like(w)):  # ones: the paper's uniform average
+      expect = (ww[chosen] @ x[chosen].astype(np.float64)) / ww[chosen].sum()
+      chex.assert_trees_all_close(fn(x, ww, mask), expect, atol=1e-5)
 
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.parameters(*CASES)
@@ -236,8 +230,9 @@ class KernelTest(chex.TestCase):
     xv = x[valid].astype(np.float64)
     wv = w[valid] / w[valid].sum()
     v = np.zeros(x.shape[1])
-    outs = []
-    state = agg.init()
+    # The zero center equals init()'s None (tested in
+    # test_centered_clip_bounds_outlier_influence) and keeps one trace here.
+    state = jnp.zeros(x.shape[1])
     for _ in range(2):  # second round starts from the first aggregate
       for _ in range(iters):
         diff = xv - v
@@ -246,7 +241,6 @@ class KernelTest(chex.TestCase):
       out, state = fn(x, w, mask, state)
       chex.assert_trees_all_close(out, v, atol=1e-5)
       chex.assert_trees_all_close(state, v, atol=1e-5)
-      outs.append(out)
 
 
 # ----------------------------------------------------------------------------
@@ -264,35 +258,33 @@ ALL_KERNELS = [
 
 
 @pytest.mark.parametrize("name,kw", ALL_KERNELS)
-def test_no_valid_rows_gives_zeros_and_finite(name, kw):
-  x = np.full((4, 3), 7.0, np.float32)
-  x[1, 0] = np.nan
-  x[2, 2] = np.inf
-  mask = np.array([False, True, True, False])
-  agg = aggregators.get(name, **kw)
-  out, _ = apply_flat(agg, x, np.ones(4, np.float32), mask, agg.init())
-  chex.assert_trees_all_close(out, np.zeros(3))
+def test_pytree_single_trace_and_no_valid_rows(name, kw):
+  """Nested pytree in/out; further calls with equal shapes do not retrace.
 
-
-@pytest.mark.parametrize("name,kw", ALL_KERNELS)
-def test_pytree_roundtrip_and_single_trace(name, kw):
-  """Nested pytree in/out; a second call with equal shapes does not retrace."""
+  The last call has no valid row (padding, NaN, inf): the result is zeros.
+  """
   rng = np.random.default_rng(0)
   agg = aggregators.get(name, **kw)
-  ups = {"a": rng.standard_normal((5, 2, 3)).astype(np.float32),
-         "b": (rng.standard_normal((5, 4)).astype(np.float32),)}
+  ups = {"a": jnp.asarray(rng.standard_normal((5, 2, 3)), jnp.float32),
+         "b": (jnp.asarray(rng.standard_normal((5, 4)), jnp.float32),)}
   state = agg.init()
   if name == "centered_clip":  # None state -> [D] state: one warm-up call
     _, state = agg.apply(ups, jnp.ones(5), jnp.ones(5, bool), state)
+    state = jnp.zeros_like(state)  # so the all-invalid call must give zeros
   chex.clear_trace_counter()
   # A plain wrapper, since chex refuses to wrap hybrid's already-jitted apply.
   fn = jax.jit(chex.assert_max_traces(lambda *a: agg.apply(*a), n=1))
+  mask = jnp.asarray([1, 1, 0, 1, 1], bool)
   for seed in range(3):
     ups = jax.tree_util.tree_map(lambda u: u + seed, ups)
-    out, state = fn(ups, jnp.ones(5), jnp.asarray([1, 1, 0, 1, 1], bool),
-                    state)
+    out, _ = fn(ups, jnp.ones(5), mask, state)
   chex.assert_trees_all_equal_shapes(out, jax.tree_util.tree_map(
       lambda u: u[0], ups))
+  bad = {"a": ups["a"].at[0, 0, 0].set(np.nan).at[1, 1, 1].set(np.inf),
+         "b": (ups["b"][0].at[3, 2].set(-np.inf).at[4, 0].set(np.nan),)}
+  out, _ = fn(bad, jnp.ones(5), mask, state)
+  chex.assert_trees_all_close(out, jax.tree_util.tree_map(
+      lambda u: jnp.zeros_like(u[0]), ups))
 
 
 def test_hybrid_apply_is_jitted_and_compiles_once():
@@ -334,8 +326,7 @@ def test_weighted_trimmed_mean_closed_form():
   chex.assert_trees_all_close(out, jnp.array([(2 * 2 / 3 + 3 * 2 / 3) / (4 / 3)]))
 
 
-@pytest.mark.parametrize("k,d,block", [(3, 1000, 128), (64, 2500, None),
-                                       (17, 300, 256)])
+@pytest.mark.parametrize("k,d,block", [(17, 1000, 128), (64, 2500, None)])
 def test_column_blocking_matches_references(k, d, block):
   """Several blocks and an overlapping last block give exact results."""
   x, w, _, _ = make_case(k, False, d=d)
@@ -353,12 +344,14 @@ def test_column_blocking_matches_references(k, d, block):
       ref_weighted_trimmed_mean(x, w, valid, 0.2), atol=1e-5)
 
 
-def test_krum_brute_force_k64_with_f8():
-  x, _, _, valid = make_case(64, True, d=20)
-  scores = krum.krum_scores(jnp.asarray(x), jnp.asarray(valid), 8)
-  ref = ref_krum_scores(x, valid, 8)
+@pytest.mark.parametrize("k,f", [(1, 0), (3, 1), (64, 8)])
+def test_krum_scores(k, f):
+  x, _, _, valid = make_case(k, True, d=20)
+  scores = krum.krum_scores(jnp.asarray(x), jnp.asarray(valid), f)
+  ref = ref_krum_scores(x, valid, f)
   chex.assert_trees_all_close(np.where(valid, scores, 0),
-                              np.where(valid, ref, 0), rtol=1e-4)
+                              np.where(valid, ref, 0), rtol=1e-4, atol=1e-5)
+  assert np.all(np.isinf(np.asarray(scores)[~valid]))
   assert int(np.argmin(np.asarray(scores))) == int(np.argmin(ref))
 
 

@@ -15,6 +15,8 @@ vector by the first `apply` (D is unknown until updates arrive); every
 traces twice, once with the None state and once with the [D] array. When no
 valid row carries weight, the aggregate is the unchanged center.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -22,6 +24,7 @@ from jax import lax
 from afl.aggregators import base
 
 
+@functools.partial(jax.jit, static_argnames="iters")
 def centered_clip_flat(flat: jax.Array, weights: jax.Array, valid: jax.Array,
                        center: jax.Array, tau: float,
                        iters: int) -> jax.Array:

@@ -22,6 +22,7 @@ def _scale_rows(flat, valid, norms, max_norm):
   return jnp.where(valid[:, None], clipped, flat)
 
 
+@jax.jit
 def clip_by_norm(flat: jax.Array, valid: jax.Array,
                  max_norm: float | jax.Array) -> jax.Array:
   """Scales each valid row to norm at most `max_norm` (absolute C).
@@ -43,6 +44,7 @@ def clip_by_norm(flat: jax.Array, valid: jax.Array,
   return _scale_rows(flat, valid, row_norms(flat), max_norm)
 
 
+@jax.jit
 def clip_relative_to_median_norm(
     flat: jax.Array, valid: jax.Array,
     multiplier: float) -> tuple[jax.Array, jax.Array]:

@@ -9,6 +9,8 @@ started at the weighted mean. The floor `eps` keeps the step defined when v
 lands on a data point (the plain Weiszfeld step divides by zero there). It
 stops after `max_iters` steps or once |g(v_old) - g(v_new)| <= tol * g(v_new).
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -21,6 +23,7 @@ def _dists(x, v):
   return jnp.sqrt(jnp.sum(jnp.square(x - v[None, :]), axis=1))
 
 
+@functools.partial(jax.jit, static_argnames="max_iters")
 def geomed_flat(flat: jax.Array, weights: jax.Array, valid: jax.Array,
                 max_iters: int = 100, tol: float = 1e-6,
                 eps: float = 1e-6) -> tuple[jax.Array, jax.Array]:

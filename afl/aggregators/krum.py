@@ -8,12 +8,15 @@ the paper). n is a traced count, so m is clamped into [1, n - 1] when the
 paper's n > 2f + 2 does not hold (a lone valid row scores 0). Invalid rows get
 score +inf and are never selected; ties go to the lower row index.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from afl.aggregators import base
 
 
+@jax.jit
 def pairwise_sq_dists(flat: jax.Array, valid: jax.Array) -> jax.Array:
   """[K, D] -> [K, K] squared distances between rows (0 rows where invalid).
 
@@ -29,6 +32,7 @@ def pairwise_sq_dists(flat: jax.Array, valid: jax.Array) -> jax.Array:
   return jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0)
 
 
+@functools.partial(jax.jit, static_argnames="num_byzantine")
 def krum_scores(flat: jax.Array, valid: jax.Array,
                 num_byzantine: int) -> jax.Array:
   """[K, D] -> [K] Krum scores; +inf for invalid rows.
@@ -53,6 +57,7 @@ def krum_scores(flat: jax.Array, valid: jax.Array,
   return jnp.where(valid, scores, jnp.inf)
 
 
+@functools.partial(jax.jit, static_argnames="num_byzantine")
 def krum_flat(flat: jax.Array, valid: jax.Array,
               num_byzantine: int) -> tuple[jax.Array, jax.Array]:
   """[K, D] -> ([D] selected update, scalar index); zeros if no valid row."""
@@ -62,21 +67,23 @@ def krum_flat(flat: jax.Array, valid: jax.Array,
   return out.astype(flat.dtype), idx
 
 
+@functools.partial(jax.jit,
+                   static_argnames=("num_byzantine", "num_selected"))
 def multi_krum_flat(flat: jax.Array, weights: jax.Array, valid: jax.Array,
-                    num_byzantine: int, num_selected: int,
-                    weighted: bool = False) -> tuple[jax.Array, jax.Array]:
+                    num_byzantine: int,
+                    num_selected: int) -> tuple[jax.Array, jax.Array]:
   """[K, D] -> ([D] mean of the selected updates, [K] bool selected mask).
 
   Selects the min(num_selected, n) valid rows with the lowest Krum scores
-  (ties to the lower index) and averages them, uniformly or by `weights`.
+  (ties to the lower index) and averages them by `weights` (pass ones for
+  the paper's uniform average).
   """
   k_rows = flat.shape[0]
   scores = krum_scores(flat, valid, num_byzantine)
   order = jnp.argsort(scores, stable=True)
   rank = jnp.zeros(k_rows, jnp.int32).at[order].set(jnp.arange(k_rows))
   selected = valid & (rank < num_selected)
-  w = weights.astype(jnp.float32) if weighted else jnp.ones(k_rows, jnp.float32)
-  w = jnp.where(selected, w, 0.0)
+  w = jnp.where(selected, weights.astype(jnp.float32), 0.0)
   safe = jnp.where(selected[:, None], flat, 0.0)
   total = jnp.sum(w)
   out = jnp.where(total > 0, (w @ safe) / jnp.where(total > 0, total, 1.0), 0.0)
@@ -160,8 +167,10 @@ def multi_krum(num_byzantine: int = 1, num_selected: int = 2,
   def apply(updates, weights, mask, state):
     flat, unravel = base.flatten_updates(updates)
     valid = base.valid_rows(flat, mask)
+    if not weighted:
+      weights = jnp.ones_like(weights)
     out, _ = multi_krum_flat(flat, weights, valid, num_byzantine,
-                             num_selected, weighted)
+                             num_selected)
     return unravel(out), state
 
   return base.Aggregator(init, apply)

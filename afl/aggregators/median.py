@@ -41,6 +41,7 @@ def weighted_median_of_sorted(s: jax.Array, ws: jax.Array) -> jax.Array:
   return jnp.where(cum[-1] > 0, 0.5 * (lower + upper), 0.0).astype(s.dtype)
 
 
+@jax.jit
 def median_flat(flat: jax.Array, valid: jax.Array) -> jax.Array:
   """[K, D] -> [D] coordinate-wise median of the valid rows (0 if none).
 
@@ -61,6 +62,7 @@ def median_flat(flat: jax.Array, valid: jax.Array) -> jax.Array:
   return _sortnet.map_column_blocks(block, (keys,))
 
 
+@jax.jit
 def weighted_median_flat(flat: jax.Array, weights: jax.Array,
                          valid: jax.Array) -> jax.Array:
   """[K, D] -> [D] coordinate-wise weighted median (tie rule: module doc).

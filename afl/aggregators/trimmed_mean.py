@@ -18,6 +18,8 @@ The trimmed fraction per side is thus t / n <= beta, the fraction scipy trims;
 with equal weights (rescaled to exactly 1) every row is kept whole or cut
 whole and the result equals the unweighted one.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,6 +68,7 @@ def weighted_trimmed_mean_of_sorted(s: jax.Array, ws: jax.Array,
                    0.0).astype(s.dtype)
 
 
+@functools.partial(jax.jit, static_argnames="beta")
 def trimmed_mean_flat(flat: jax.Array, valid: jax.Array,
                       beta: float) -> jax.Array:
   """[K, D] -> [D] trimmed mean of the valid rows (0 if none).
@@ -90,6 +93,7 @@ def trimmed_mean_flat(flat: jax.Array, valid: jax.Array,
   return _sortnet.map_column_blocks(block, (keys,))
 
 
+@functools.partial(jax.jit, static_argnames="beta")
 def weighted_trimmed_mean_flat(flat: jax.Array, weights: jax.Array,
                                valid: jax.Array, beta: float) -> jax.Array:
   """[K, D] -> [D] weighted trimmed mean (definition: module docstring).

@@ -33,6 +33,7 @@ Rows that are invalid (mask False, non-finite, or id outside
 [0, num_clients)) leave trust untouched.
 """
 import dataclasses
+import functools
 
 import flax.struct
 import jax
@@ -96,6 +97,7 @@ def trust_init(num_clients: int) -> TrustState:
                     quarantined=jnp.zeros((num_clients,), bool))
 
 
+@jax.jit
 def agreement_scores(flat: jax.Array, valid: jax.Array, aggregate: jax.Array):
   """[K, D], [K], [D] -> (score, cos, dnorm), each [K] (formula: module doc).
 
@@ -119,6 +121,7 @@ def agreement_scores(flat: jax.Array, valid: jax.Array, aggregate: jax.Array):
           jnp.where(valid, dnorm, 0.0))
 
 
+@functools.partial(jax.jit, static_argnames="cfg")
 def trust_update(state: TrustState, client_ids: jax.Array,
                  flat_updates: jax.Array, valid: jax.Array,
                  aggregate: jax.Array,
