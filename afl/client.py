@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from afl.privacy import dp as dp_lib
+
 
 @flax.struct.dataclass
 class ClientData:
@@ -63,8 +65,18 @@ class ClientFns:
   local_steps: int
 
 
+@dataclasses.dataclass(frozen=True)
+class ClientDP:
+  """Client-level DP-SGD: per-example clip to `clip_norm`, sum, add
+  N(0, (noise_multiplier * clip_norm)^2), divide by the batch size."""
+  clip_norm: float
+  noise_multiplier: float
+  microbatch_size: int | None = None
+
+
 def make_client_fns(loss_fn, optimizer: optax.GradientTransformation,
-                    batch_size: int, local_steps: int) -> ClientFns:
+                    batch_size: int, local_steps: int,
+                    dp: ClientDP | None = None) -> ClientFns:
   """Builds client_init / client_step / client_final.
 
   Args:
@@ -73,6 +85,8 @@ def make_client_fns(loss_fn, optimizer: optax.GradientTransformation,
     batch_size: examples per local step, sampled with replacement from the
       client's shard with the task's own key.
     local_steps: number of `step` calls per task.
+    dp: when given, gradients are DP-SGD gradients (afl.privacy.dp), with
+      noise drawn from the task's own key stream.
 
   Returns:
     ClientFns whose `final(state, start_params)` gives (delta, mean loss),
@@ -89,8 +103,17 @@ def make_client_fns(loss_fn, optimizer: optax.GradientTransformation,
     size = data.offsets[client_id + 1] - start
     pos = jax.random.randint(sub, (batch_size,), 0, jnp.maximum(size, 1))
     idx = data.indices[start + pos]
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, data.x[idx],
-                                              data.y[idx])
+    x, y = data.x[idx], data.y[idx]
+    if dp is None:
+      loss, grads = jax.value_and_grad(loss_fn)(state.params, x, y)
+    else:
+      # A key off the sampling stream, so batches match the non-DP run.
+      noise_key = jax.random.fold_in(sub, 1)
+      loss = loss_fn(state.params, x, y)
+      grads, _ = dp_lib.dp_sgd_gradient(
+          lambda p, ex: loss_fn(p, ex[0][None], ex[1][None]), state.params,
+          (x, y), jnp.ones((batch_size,), bool), noise_key, dp.clip_norm,
+          dp.noise_multiplier, dp.microbatch_size)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     return ClientState(params=optax.apply_updates(state.params, updates),
                        opt_state=opt_state, key=key,

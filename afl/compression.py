@@ -225,7 +225,8 @@ class ResidualStore:
 
   A dict {client_id: [D] numpy array}; memory is O(participants * D), not
   O(num_clients * D). `get` of an unseen client returns zeros without
-  storing them.
+  storing them; `get` of a stored client returns the stored array itself
+  (no copy; replace it with `set` rather than writing into it).
   """
 
   def __init__(self, dtype=np.float32):

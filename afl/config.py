@@ -165,6 +165,41 @@ class AggregatorConfig:
 
 
 @dataclasses.dataclass(**_kw)
+class DPConfig:
+  """Differential privacy; see afl/privacy and the README's DP section."""
+  mode: str = "none"  # none | client (DP-SGD) | server (DP-FedAvg)
+  clip_norm: float = 1.0
+  noise_multiplier: float = 1.0
+  target_epsilon: float = 0.0  # > 0: calibrate noise_multiplier to it
+  delta: float = 1e-5
+  accountant: str = "rdp"  # rdp | pld
+  microbatch_size: int = 0  # client mode: per-example grads in chunks
+
+  def validate(self, p):
+    _choice(f"{p}.mode", self.mode, ("none", "client", "server"))
+    _range(f"{p}.clip_norm", self.clip_norm, 0, lo_open=True)
+    _range(f"{p}.noise_multiplier", self.noise_multiplier, 0)
+    _range(f"{p}.target_epsilon", self.target_epsilon, 0)
+    _range(f"{p}.delta", self.delta, 0, 1, lo_open=True)
+    _choice(f"{p}.accountant", self.accountant, ("rdp", "pld"))
+    _range(f"{p}.microbatch_size", self.microbatch_size, 0)
+
+
+@dataclasses.dataclass(**_kw)
+class SecAggConfig:
+  """Simulated secure aggregation (pairwise masks, Bonawitz et al. 2017)."""
+  enabled: bool = False
+  scale: float = 65536.0  # fixed-point scale of the 2^32 ring
+  drop_after_masking: float = 0.0  # chance a client drops after masking
+
+  def validate(self, p):
+    _range(f"{p}.scale", self.scale, 1)
+    _range(f"{p}.drop_after_masking", self.drop_after_masking, 0, 1)
+    if self.drop_after_masking == 1:
+      _fail(f"{p}.drop_after_masking", "must be < 1")
+
+
+@dataclasses.dataclass(**_kw)
 class StopConfig:
   max_versions: int = 100
   max_virtual_time: float = math.inf
@@ -223,6 +258,8 @@ class ExperimentConfig:
   logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
   checkpoint: CheckpointConfig = dataclasses.field(
       default_factory=CheckpointConfig)
+  dp: DPConfig = dataclasses.field(default_factory=DPConfig)
+  secagg: SecAggConfig = dataclasses.field(default_factory=SecAggConfig)
 
   def validate(self, p):
     _range("seed", self.seed, 0)
@@ -231,9 +268,34 @@ class ExperimentConfig:
     if self.concurrency > self.num_clients:
       _fail("concurrency", f"must be <= num_clients={self.num_clients}, "
             f"got {self.concurrency}")
-    if self.server.mode == "sync" and self.scheduler.dropout_prob > 0:
-      pass  # a round waits for the clients that did not drop out
+    _check_combinations(self)
     del p
+
+
+def _check_combinations(c: "ExperimentConfig"):
+  """Combinations that make no sense fail here, naming the key to change."""
+  agg = c.aggregator.name
+  if c.dp.mode == "server":
+    if agg != "mean":
+      _fail("dp.mode", f"server DP calibrates noise to the sensitivity of a "
+            f"sum of clipped updates, which a {agg!r} aggregate does not have;"
+            f" use aggregator.name=mean or dp.mode=client")
+    if c.server.mode == "fedasync":
+      _fail("dp.mode", "server DP needs a buffer or round to add noise to; "
+            "use server.mode=fedbuff or sync")
+    if c.server.weight_by_examples:
+      _fail("server.weight_by_examples", "must be False with dp.mode=server "
+            "(example weights would change the sensitivity)")
+  if c.secagg.enabled:
+    if agg != "mean":
+      _fail("secagg.enabled", f"secure aggregation only reveals the sum; "
+            f"aggregator {agg!r} needs individual updates (use mean)")
+    if c.server.mode == "fedasync":
+      _fail("secagg.enabled", "secure aggregation needs several updates per "
+            "aggregation; use server.mode=fedbuff or sync")
+    if c.server.weight_by_examples:
+      _fail("server.weight_by_examples", "must be False with secagg.enabled "
+            "(the server cannot weight updates it never sees)")
 
 
 def _coerce(path: str, value: Any, hint: Any) -> Any:

@@ -24,7 +24,9 @@ import numpy as np
 import optax
 
 from afl import aggregators
-from afl.config import ServerConfig
+from afl.config import SecAggConfig, ServerConfig
+from afl.privacy import dp as dp_lib
+from afl.privacy import secagg as secagg_lib
 
 
 def staleness_weight(tau, fn: str, a: float = 0.5, b: float = 4.0):
@@ -54,9 +56,20 @@ def make_optimizer(name: str, lr: float, kwargs: dict):
 class Server:
   """Holds the global model and applies arrivals according to the mode."""
 
-  def __init__(self, cfg: ServerConfig, params, aggregator, capacity: int):
+  def __init__(self, cfg: ServerConfig, params, aggregator, capacity: int, *,
+               dp_clip: float | None = None, dp_noise: float = 0.0,
+               secagg: SecAggConfig | None = None, key=None, seed: int = 0):
+    """Args (keyword): `dp_clip`/`dp_noise` turn on server (user-level) DP;
+    `secagg` routes the buffer through simulated secure aggregation; `key`
+    seeds their randomness (folded with the version)."""
     self.cfg = cfg
     self.capacity = capacity  # buffer rows (fixed shape)
+    self.dp_clip = dp_clip
+    self.dp_noise = dp_noise
+    self.secagg = secagg if secagg is not None and secagg.enabled else None
+    self.key = key if key is not None else jax.random.PRNGKey(seed)
+    self.seed = seed
+    self.num_aggregations = 0
     self.optimizer = make_optimizer(cfg.optimizer, cfg.lr,
                                     dict(cfg.optimizer_kwargs))
     self.aggregator = aggregator
@@ -79,7 +92,8 @@ class Server:
         params=self._mix(self.state.params, start_params, delta,
                          np.float32(a)))
 
-  def buffered_apply(self, deltas: list, stalenesses, num_examples):
+  def buffered_apply(self, deltas: list, stalenesses, num_examples,
+                     client_ids=None):
     """Aggregates a buffer/round of deltas into one server step."""
     n = len(deltas)
     if n == 0:
@@ -98,12 +112,53 @@ class Server:
     weights[:n] = w
     mask = np.zeros(self.capacity, bool)
     mask[:n] = True
+    ids = np.zeros(self.capacity, np.int32)
+    if client_ids is not None:
+      ids[:n] = client_ids
+    # Distinct ids for padding rows keep secagg's pair keys well defined.
+    ids[n:] = (1 << 30) + np.arange(pad)
+    survivors = mask.copy()
+    if self.secagg is not None and self.secagg.drop_after_masking > 0:
+      rng = np.random.default_rng([self.seed, self.num_aggregations])
+      survivors[:n] &= rng.random(n) >= self.secagg.drop_after_masking
+    key = jax.random.fold_in(self.key, self.num_aggregations)
+    self.num_aggregations += 1
     stacked = self._stack(scales, *deltas, *([deltas[0]] * pad))
-    self.state = self._buffered(self.state, stacked, weights, mask)
+    self.state = self._buffered(self.state, stacked, weights, mask, survivors,
+                                ids, key)
 
-  def _buffered_step(self, state: ServerState, stacked, weights, mask):
-    agg, agg_state = self.aggregator.apply(stacked, weights, mask,
-                                           state.agg_state)
+  def _private_mean(self, stacked, mask, survivors, ids, key):
+    """Clip (server DP) -> sum (secure or plain) -> noise -> / count."""
+    flat, unravel = aggregators.flatten_updates(stacked)
+    valid = aggregators.valid_rows(flat, mask)
+    if self.dp_clip is not None:
+      flat = dp_lib.clip_updates(flat, valid, self.dp_clip)
+    flat = jnp.where(valid[:, None], flat, 0.0)
+    keep = valid & survivors
+    if self.secagg is not None:
+      mask_key, key = jax.random.split(key)
+      # Clients mask; the server only ever holds `masked` from here on.
+      masked = secagg_lib.mask_updates(flat, ids, mask_key, participants=valid,
+                                       scale=self.secagg.scale)
+      total = secagg_lib.unmask_sum(masked, ids, keep, mask_key,
+                                    participants=valid,
+                                    scale=self.secagg.scale)
+    else:
+      total = jnp.sum(jnp.where(keep[:, None], flat, 0.0), axis=0)
+    if self.dp_clip is not None:
+      total = total + self.dp_noise * self.dp_clip * jax.random.normal(
+          key, total.shape, total.dtype)
+    count = jnp.maximum(jnp.sum(keep), 1).astype(total.dtype)
+    return unravel(total / count)
+
+  def _buffered_step(self, state: ServerState, stacked, weights, mask,
+                     survivors, ids, key):
+    if self.dp_clip is not None or self.secagg is not None:
+      agg, agg_state = self._private_mean(stacked, mask, survivors, ids,
+                                          key), state.agg_state
+    else:
+      agg, agg_state = self.aggregator.apply(stacked, weights, mask,
+                                             state.agg_state)
     grads = jax.tree_util.tree_map(jnp.negative, agg)
     updates, opt_state = self.optimizer.update(grads, state.opt_state,
                                                state.params)

@@ -20,6 +20,7 @@ from afl.config import ExperimentConfig
 from afl.data import loaders
 from afl.data import partition as partition_lib
 from afl.metrics import MetricsWriter
+from afl.privacy import ledger as privacy_lib
 from afl.scheduler import Scheduler, Task
 from afl.server import Server, make_optimizer
 
@@ -115,19 +116,23 @@ class Simulation:
         indices=jnp.asarray(self.partition.indices, jnp.int32),
         offsets=jnp.asarray(self.partition.offsets, jnp.int32))
     c = cfg.client
+    s = cfg.server
+    capacity = cfg.concurrency if s.mode == "sync" else s.buffer_size
+    self.privacy = privacy_lib.PrivacyLedger(cfg, capacity,
+                                             self.num_examples, log)
     fns = client_lib.make_client_fns(
         client_lib.cross_entropy_loss(self.model.apply),
         make_optimizer(c.optimizer, c.lr, dict(c.optimizer_kwargs)),
-        c.batch_size, c.local_steps)
+        c.batch_size, c.local_steps, dp=self.privacy.client_dp())
     self.backend_kind = client_lib.resolve_backend(
         c.backend, has_conv=cfg.model.name in models.CONV_MODELS)
     self.backend = client_lib.Backend(fns, self.backend_kind)
     log(f"client backend: {self.backend_kind} (config: {c.backend})")
 
-    s = cfg.server
-    capacity = cfg.concurrency if s.mode == "sync" else s.buffer_size
     self.server = Server(s, params, aggregators.get(cfg.aggregator.name),
-                         capacity)
+                         capacity, **self.privacy.server_kwargs(),
+                         secagg=cfg.secagg,
+                         key=jax.random.fold_in(root, 2), seed=cfg.seed)
     self.scheduler = Scheduler(cfg.scheduler, cfg.num_clients,
                                cfg.concurrency, c.local_steps, sched_rng)
     self.evaluate = make_eval_fn(self.model.apply, ds.test_x, ds.test_y,
@@ -140,7 +145,7 @@ class Simulation:
     self.refs = collections.Counter()
     self.untrained: list[Task] = []
     self.results = {}  # task seq -> (delta, loss)
-    self.buffer = []  # (delta, staleness, num_examples)
+    self.buffer = []  # (delta, staleness, client_id)
     self.round_tasks = 0
     self.counters = collections.Counter()
     self.staleness_hist = collections.Counter()
@@ -151,13 +156,15 @@ class Simulation:
   # Hooks for components with state of their own (trust, residuals, ...):
   # arrays go to orbax, the rest to JSON (afl/checkpoint.py).
   def extra_arrays(self) -> dict:
-    return {}
+    return dict(privacy=self.privacy.state_arrays())
 
   def extra_host(self) -> dict:
-    return {}
+    return dict(num_aggregations=self.server.num_aggregations,
+                privacy=self.privacy.state_host())
 
   def load_extra(self, arrays: dict, host: dict):
-    del arrays, host
+    self.server.num_aggregations = host["num_aggregations"]
+    self.privacy.load_state(arrays["privacy"], host["privacy"])
 
   # -- dispatch and training -------------------------------------------
 
@@ -190,6 +197,8 @@ class Simulation:
         self.versions.pop(v, None)
 
   def _new_version(self):
+    if self.cfg.server.mode != "fedasync":
+      self.privacy.server_aggregated()
     old = self.version
     self.version += 1
     self.versions[self.version] = self.server.params
@@ -216,6 +225,7 @@ class Simulation:
       self._train(task)
     delta, loss = self.results.pop(task.seq)
     staleness = self.version - task.start_version
+    self.privacy.client_released(task.client_id)
     if 0 <= cfg.server.max_staleness < staleness:
       self.counters["stale_dropped"] += 1
       self._release(task)
@@ -227,8 +237,7 @@ class Simulation:
                                  staleness)
       made = True
     else:
-      self.buffer.append((delta, staleness,
-                          self.num_examples[task.client_id]))
+      self.buffer.append((delta, staleness, task.client_id))
       if mode == "fedbuff" and len(self.buffer) == cfg.server.buffer_size:
         made = self._flush_buffer()
     self._release(task)
@@ -237,8 +246,9 @@ class Simulation:
   def _flush_buffer(self) -> bool:
     if not self.buffer:
       return False
-    deltas, stale, n = zip(*self.buffer)
-    self.server.buffered_apply(list(deltas), list(stale), list(n))
+    deltas, stale, ids = zip(*self.buffer)
+    self.server.buffered_apply(list(deltas), list(stale),
+                               [self.num_examples[i] for i in ids], list(ids))
     self.buffer = []
     return True
 
@@ -288,6 +298,7 @@ class Simulation:
         cohorts=self.counters["cohorts"],
         mean_cohort_size=(self.counters["trained"] / self.counters["cohorts"]
                           if self.counters["cohorts"] else None),
+        **self.privacy.metrics(),
     )
     self.window.clear()
     self.history.append(rec)
@@ -365,6 +376,7 @@ class Simulation:
         mean_cohort_size=last["mean_cohort_size"],
         backend=self.backend_kind,
         num_params=int(self.num_params),
+        **self.privacy.metrics(),
         stop_reason=reason,
     )
 

@@ -211,6 +211,30 @@ def _to_flax(path, x: np.ndarray) -> np.ndarray:
   return x
 
 
+def export_hf_weights(params, prefix: str = "") -> dict:
+  """Flax encoder params -> {HF tensor name: np.ndarray} (inverse mapping).
+
+  Fold adapters in first (`merge_lora_weights`): LoRA leaves and the head
+  have no HF name and are refused. The result can be written with
+  `safetensors.numpy.save_file` next to the config.json and read by
+  transformers' `BertModel` / `ViTModel` (or by `load_hf_checkpoint`).
+
+  Args:
+    params: rank-0 `BertModel`/`ViTModel` params (no 'params' wrapper).
+    prefix: prepended to every name, e.g. 'bert.'.
+  """
+  out = {}
+  for path, x in traverse_util.flatten_dict(params).items():
+    if is_adapter_path(path):
+      raise ValueError(f"export_hf_weights: {'/'.join(path)} is an adapter "
+                       "or head leaf; merge_lora_weights / split first")
+    x = np.asarray(x)
+    if path[-1] == "kernel":
+      x = x.T if x.ndim == 2 else x.transpose(3, 2, 0, 1)
+    out[prefix + hf_name(path)] = np.ascontiguousarray(x)
+  return out
+
+
 def _strip_prefix(tensors: dict, model_type: str) -> dict:
   prefix = model_type + "."
   out = {}
