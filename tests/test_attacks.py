@@ -11,6 +11,7 @@ import scipy.stats
 from absl.testing import parameterized
 
 from afl import attacks
+from afl import config
 
 K, D = 6, 5
 
@@ -334,6 +335,15 @@ class AttackConfigTest(parameterized.TestCase):
     with pytest.raises(ValueError, match=rf"^config\.attack\.{key}: ") as e:
       cfg.validate("attack")
     assert "\n" not in str(e.value)
+    assert isinstance(e.value, config.ConfigError)
+
+  def test_builds_through_afl_config(self):
+    cfg = config._build(attacks.AttackConfig,
+                        {"kind": "backdoor", "ids": [1, 2],
+                         "trigger_value": 255}, "attack")
+    assert cfg.ids == (1, 2) and cfg.resolved_trigger_value(1.0) == 255.0
+    with pytest.raises(config.ConfigError, match=r"^config\.attack\.kind"):
+      config._build(attacks.AttackConfig, {"kind": "x"}, "attack")
 
   def test_ids_and_fraction_exclusive(self):
     with pytest.raises(ValueError, match=r"config\.attack\.ids"):

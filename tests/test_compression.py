@@ -10,6 +10,7 @@ from absl.testing import parameterized
 from jax.flatten_util import ravel_pytree
 
 from afl import compression as C
+from afl import config
 
 
 def ref_topk_mask(x, k):
@@ -55,6 +56,12 @@ class TopKTest(parameterized.TestCase):
       x = (rng.integers(0, 4, 200) * rng.choice([-1., 1.], 200)).astype(
           np.float32)
       np.testing.assert_array_equal(fn(x, k), ref_topk_mask(x, k))
+
+  def test_sparsify_vmaps(self):
+    x = jnp.array([[1., 3., 2.], [5., 0., -6.]])
+    vals, idx = jax.vmap(lambda r: C.topk_sparsify(r, 2))(x)
+    np.testing.assert_array_equal(idx, [[1, 2], [0, 2]])
+    np.testing.assert_array_equal(vals, [[3., 2.], [5., -6.]])
 
   def test_nan_counts_as_largest(self):
     x = np.array([1., np.nan, 3., -2.], np.float32)
@@ -256,6 +263,13 @@ class ConfigTest(parameterized.TestCase):
                        match=rf"^config\.compression\.{key}: ") as e:
       C.CompressionConfig(**{key: value}).validate("compression")
     assert "\n" not in str(e.value)
+    # launch.py prints ConfigError (a ValueError) as one line.
+    assert isinstance(e.value, config.ConfigError)
+
+  def test_builds_through_afl_config(self):
+    cfg = config._build(C.CompressionConfig, {"kind": "topk", "ratio": 1},
+                        "compression")
+    assert cfg.ratio == 1.0 and isinstance(cfg.ratio, float)
 
 
 def test_doctests():
