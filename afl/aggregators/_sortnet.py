@@ -172,3 +172,43 @@ def normalize_weights(weights: jax.Array, valid: jax.Array) -> jax.Array:
   w = jnp.where(w > 0, w, 0.0)  # negative weights are treated as zero
   w_min = jnp.min(jnp.where(w > 0, w, jnp.inf))
   return jnp.where(w > 0, w / jnp.where(jnp.isfinite(w_min), w_min, 1.0), 0.0)
+
+
+def map_sorted_blocks(fn: Callable, flat: jax.Array, valid: jax.Array,
+                      weights: jax.Array | None = None,
+                      row_scale: jax.Array | None = None):
+  """Sorts each column block of `flat` over K and reduces it with `fn`.
+
+  Masking invalid rows to +inf, per-row scaling (e.g. norm clipping, a
+  positive factor per row) and broadcasting the [K] weights all happen inside
+  the block, so no [K, D] intermediate is written to memory: the input is
+  read once.
+
+  Args:
+    fn: (sorted [K, c] keys, sorted [K, c] weights or None) -> [c] array.
+    flat: [K, D] matrix.
+    valid: [K] bool; invalid rows sort last as +inf (with weight 0 if the
+      caller zeroed it).
+    weights: optional [K] weights carried through the sort.
+    row_scale: optional [K] factors applied to valid rows before sorting.
+
+  Returns:
+    [D] result of `fn` over all columns.
+  """
+  k_rows = flat.shape[0]
+  num = 1 if weights is None else 2
+  block = block_columns(k_rows, num, max(4, flat.dtype.itemsize))
+
+  def block_fn(arrs):
+    x = arrs[0]
+    if row_scale is not None:
+      x = x * row_scale[:, None].astype(x.dtype)
+    keys = jnp.where(valid[:, None], x, jnp.inf)
+    if weights is None:
+      s, _ = bitonic_sort(keys)
+      return fn(s, None)
+    w = jnp.broadcast_to(weights[:, None], keys.shape)
+    s, (ws,) = bitonic_sort(keys, (w,))
+    return fn(s, ws)
+
+  return map_column_blocks(block_fn, (flat,), block=block)

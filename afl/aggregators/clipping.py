@@ -45,6 +45,23 @@ def clip_by_norm(flat: jax.Array, valid: jax.Array,
 
 
 @jax.jit
+def median_norm_clip_scale(flat: jax.Array, valid: jax.Array,
+                           multiplier: float) -> tuple[jax.Array, jax.Array]:
+  """Per-row factors of `clip_relative_to_median_norm`, without applying them.
+
+  Lets a kernel fold the scaling into its own pass over the data (the hybrid
+  pipeline scales inside its sort blocks) instead of writing a clipped copy.
+
+  Returns:
+    ([K] factors in (0, 1], 1 for invalid rows; threshold scalar).
+  """
+  norms = row_norms(jnp.where(valid[:, None], flat, 0.0))
+  threshold = multiplier * median_flat(norms[:, None], valid)[0]
+  scale = jnp.minimum(1.0, threshold / jnp.where(norms > 0, norms, 1.0))
+  return jnp.where(valid, scale, 1.0), threshold
+
+
+@jax.jit
 def clip_relative_to_median_norm(
     flat: jax.Array, valid: jax.Array,
     multiplier: float) -> tuple[jax.Array, jax.Array]:
@@ -68,6 +85,5 @@ def clip_relative_to_median_norm(
   >>> float(c), [round(float(v), 4) for v in out[2]]
   (4.0, [2.4, 3.2])
   """
-  norms = row_norms(jnp.where(valid[:, None], flat, 0.0))
-  threshold = multiplier * median_flat(norms[:, None], valid)[0]
-  return _scale_rows(flat, valid, norms, threshold), threshold
+  scale, threshold = median_norm_clip_scale(flat, valid, multiplier)
+  return flat * scale[:, None].astype(flat.dtype), threshold

@@ -47,25 +47,23 @@ def hybrid_flat(flat: jax.Array, weights: jax.Array, valid: jax.Array, *,
                 clip_multiplier: float, beta: float, min_trusted: int,
                 weight_threshold: float) -> tuple[jax.Array, HybridState]:
   """[K, D] -> ([D] aggregate, HybridState); steps 2-5 of the module doc."""
-  clipped, threshold = clipping.clip_relative_to_median_norm(
-      flat, valid, clip_multiplier)
+  # The clip factors are applied inside the sort blocks (no clipped copy).
+  scale, threshold = clipping.median_norm_clip_scale(flat, valid,
+                                                     clip_multiplier)
   trusted = valid & (weights > weight_threshold)
   num_trusted = jnp.sum(trusted.astype(jnp.int32))
   fallback = num_trusted < min_trusted
 
-  keys = _sortnet.sort_keys(clipped, valid)
   w = _sortnet.normalize_weights(weights, valid)
   n_pos = jnp.sum((w > 0).astype(jnp.int32))
   t = trimmed_mean_lib.trim_counts(flat.shape[0], beta)[n_pos]
-  w_cols = jnp.broadcast_to(w[:, None], keys.shape)
 
-  def block(arrs):
-    s, (ws,) = _sortnet.bitonic_sort(arrs[0], (arrs[1],))
+  def stats(s, ws):
     tm = trimmed_mean_lib.weighted_trimmed_mean_of_sorted(s, ws, n_pos, t)
     med = median_lib.weighted_median_of_sorted(s, ws)
     return jnp.where(fallback, med, tm)
 
-  out = _sortnet.map_column_blocks(block, (keys, w_cols))
+  out = _sortnet.map_sorted_blocks(stats, flat, valid, w, row_scale=scale)
   return out, HybridState(fallback, num_trusted,
                           threshold.astype(jnp.float32))
 

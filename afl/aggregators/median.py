@@ -52,14 +52,9 @@ def median_flat(flat: jax.Array, valid: jax.Array) -> jax.Array:
   Returns:
     [D] median, equal to `np.median(flat[valid], axis=0)`.
   """
-  keys = _sortnet.sort_keys(flat, valid)
   n = jnp.sum(valid.astype(jnp.int32))
-
-  def block(arrs):
-    s, _ = _sortnet.bitonic_sort(arrs[0])
-    return median_of_sorted(s, n)
-
-  return _sortnet.map_column_blocks(block, (keys,))
+  return _sortnet.map_sorted_blocks(lambda s, _: median_of_sorted(s, n),
+                                    flat, valid)
 
 
 @jax.jit
@@ -75,15 +70,8 @@ def weighted_median_flat(flat: jax.Array, weights: jax.Array,
   Returns:
     [D] weighted median; 0 where the valid rows carry no weight.
   """
-  keys = _sortnet.sort_keys(flat, valid)
   w = _sortnet.normalize_weights(weights, valid)
-  w_cols = jnp.broadcast_to(w[:, None], keys.shape)
-
-  def block(arrs):
-    s, (ws,) = _sortnet.bitonic_sort(arrs[0], (arrs[1],))
-    return weighted_median_of_sorted(s, ws)
-
-  return _sortnet.map_column_blocks(block, (keys, w_cols))
+  return _sortnet.map_sorted_blocks(weighted_median_of_sorted, flat, valid, w)
 
 
 @base.register("median")

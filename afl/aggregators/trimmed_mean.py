@@ -82,15 +82,10 @@ def trimmed_mean_flat(flat: jax.Array, valid: jax.Array,
     [D], equal to `scipy.stats.trim_mean(flat[valid], beta, axis=0)`.
   """
   check_beta(beta)
-  keys = _sortnet.sort_keys(flat, valid)
   n = jnp.sum(valid.astype(jnp.int32))
   t = trim_counts(flat.shape[0], beta)[n]
-
-  def block(arrs):
-    s, _ = _sortnet.bitonic_sort(arrs[0])
-    return trimmed_mean_of_sorted(s, n, t)
-
-  return _sortnet.map_column_blocks(block, (keys,))
+  return _sortnet.map_sorted_blocks(
+      lambda s, _: trimmed_mean_of_sorted(s, n, t), flat, valid)
 
 
 @functools.partial(jax.jit, static_argnames="beta")
@@ -109,17 +104,12 @@ def weighted_trimmed_mean_flat(flat: jax.Array, weights: jax.Array,
     [D]; 0 where the valid rows carry no weight.
   """
   check_beta(beta)
-  keys = _sortnet.sort_keys(flat, valid)
   w = _sortnet.normalize_weights(weights, valid)
   n_pos = jnp.sum((w > 0).astype(jnp.int32))
   t = trim_counts(flat.shape[0], beta)[n_pos]
-  w_cols = jnp.broadcast_to(w[:, None], keys.shape)
-
-  def block(arrs):
-    s, (ws,) = _sortnet.bitonic_sort(arrs[0], (arrs[1],))
-    return weighted_trimmed_mean_of_sorted(s, ws, n_pos, t)
-
-  return _sortnet.map_column_blocks(block, (keys, w_cols))
+  return _sortnet.map_sorted_blocks(
+      lambda s, ws: weighted_trimmed_mean_of_sorted(s, ws, n_pos, t),
+      flat, valid, w)
 
 
 @base.register("trimmed_mean")
