@@ -40,7 +40,8 @@ import numpy as np
 
 from afl.models import bert as bert_lib
 from afl.models import vit as vit_lib
-from afl.models.lora import NO_LORA, LoRAConfig, is_adapter_path
+from afl.models.lora import (NO_LORA, LoRAConfig, is_adapter_path,
+                             merge_params, split_params)
 
 log = logging.getLogger(__name__)
 
@@ -435,7 +436,11 @@ def pretrained_classifier(path_or_id, num_classes: int, key, *,
     module = vit_lib.ViTClassifier(cfg, num_classes, lora, pooling, dtype)
     dummy = jax.ShapeDtypeStruct(
         (1, cfg.image_size, cfg.image_size, cfg.num_channels), jnp.float32)
-  # Only the shapes matter before the base is overwritten, so init under jit
-  # on a zero input of the smallest batch.
-  params = jax.jit(module.init)(key, jnp.zeros(dummy.shape, dummy.dtype))
+  # Initialise only the adapters: under jit, XLA drops the random init of
+  # the 22M+ base weights (and the forward pass) that the checkpoint
+  # replaces anyway; each leaf's init depends only on its path, so the
+  # adapters equal those of a full `module.init(key, ...)`.
+  adapters = jax.jit(lambda k: split_params(module.init(
+      k, jnp.zeros(dummy.shape, dummy.dtype)))[1])(key)
+  params = merge_params({"params": {model_type: base}}, adapters)
   return module, load_pretrained(params, base, model_type)
