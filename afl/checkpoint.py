@@ -42,7 +42,6 @@ def _arrays(sim) -> dict:
       buffer={str(i): d for i, (d, _, _) in enumerate(sim.buffer)},
       scheduler=dict(slowness=sim.scheduler.slowness,
                      task_counts=sim.scheduler.task_counts),
-      extra=sim.extra_arrays(),
   )
 
 
@@ -77,6 +76,9 @@ def save(mngr: ocp.CheckpointManager, sim, elapsed: float):
     return
   mngr.save(sim.version, args=ocp.args.Composite(
       arrays=ocp.args.StandardSave(_arrays(sim)),
+      # Shapes vary (e.g. residuals of however many clients took part), so
+      # this item is restored as saved, without a target.
+      extra=ocp.args.StandardSave(_nonempty(sim.extra_arrays())),
       host=ocp.args.JsonSave(_host(sim, elapsed))))
   mngr.wait_until_finished()
 
@@ -98,11 +100,13 @@ def restore(mngr: ocp.CheckpointManager, sim, step: int | None = None):
       buffer={str(i): p for i in range(len(host["buffer"]))},
       scheduler=dict(slowness=sim.scheduler.slowness,
                      task_counts=sim.scheduler.task_counts),
-      extra=sim.extra_arrays(),
   )
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
-  arrays = mngr.restore(step, args=ocp.args.Composite(
-      arrays=ocp.args.StandardRestore(abstract))).arrays
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      arrays=ocp.args.StandardRestore(abstract),
+      extra=ocp.args.StandardRestore()))
+  arrays = restored.arrays
+  extra = jax.tree_util.tree_map(np.asarray, restored.extra)
 
   sim.server.state = arrays["server"]
   sim.versions = {int(k): v for k, v in arrays["versions"].items()}
@@ -124,6 +128,13 @@ def restore(mngr: ocp.CheckpointManager, sim, step: int | None = None):
       slowness=arrays["scheduler"]["slowness"],
       task_counts=arrays["scheduler"]["task_counts"], heap=host["heap"],
       seq=host["seq"], rng=host["rng"]))
-  sim.load_extra(arrays["extra"], host["extra"])
+  sim.load_extra(extra, host["extra"])
   return host["elapsed"]
 
+
+
+
+def _nonempty(tree: dict) -> dict:
+  """orbax cannot write an empty tree: a marker leaf keeps the item there.
+  (Zero-size arrays are not allowed either; components avoid them.)"""
+  return dict(tree, _present=np.zeros((1,), np.int8))

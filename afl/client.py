@@ -35,6 +35,7 @@ class ClientData:
   y: jax.Array  # [N] int labels
   indices: jax.Array  # [total] int32, client shards back to back
   offsets: jax.Array  # [num_clients + 1] int32
+  malicious: jax.Array | None = None  # [num_clients] bool: data attackers
 
 
 @flax.struct.dataclass
@@ -76,7 +77,8 @@ class ClientDP:
 
 def make_client_fns(loss_fn, optimizer: optax.GradientTransformation,
                     batch_size: int, local_steps: int,
-                    dp: ClientDP | None = None) -> ClientFns:
+                    dp: ClientDP | None = None,
+                    data_attack=None) -> ClientFns:
   """Builds client_init / client_step / client_final.
 
   Args:
@@ -87,6 +89,9 @@ def make_client_fns(loss_fn, optimizer: optax.GradientTransformation,
     local_steps: number of `step` calls per task.
     dp: when given, gradients are DP-SGD gradients (afl.privacy.dp), with
       noise drawn from the task's own key stream.
+    data_attack: `afl.attacks` data attack fn(x, y, key, is_malicious);
+      applied to every batch, a no-op for honest clients (a mask, not a
+      Python branch, so it vmaps).
 
   Returns:
     ClientFns whose `final(state, start_params)` gives (delta, mean loss),
@@ -104,6 +109,9 @@ def make_client_fns(loss_fn, optimizer: optax.GradientTransformation,
     pos = jax.random.randint(sub, (batch_size,), 0, jnp.maximum(size, 1))
     idx = data.indices[start + pos]
     x, y = data.x[idx], data.y[idx]
+    if data_attack is not None:
+      x, y = data_attack(x, y, jax.random.fold_in(sub, 2),
+                         data.malicious[client_id])
     if dp is None:
       loss, grads = jax.value_and_grad(loss_fn)(state.params, x, y)
     else:

@@ -260,6 +260,10 @@ class ExperimentConfig:
       default_factory=CheckpointConfig)
   dp: DPConfig = dataclasses.field(default_factory=DPConfig)
   secagg: SecAggConfig = dataclasses.field(default_factory=SecAggConfig)
+  attack: "AttackConfig" = dataclasses.field(
+      default_factory=lambda: _attacks().AttackConfig())
+  compression: "CompressionConfig" = dataclasses.field(
+      default_factory=lambda: _compression().CompressionConfig())
 
   def validate(self, p):
     _range("seed", self.seed, 0)
@@ -270,6 +274,16 @@ class ExperimentConfig:
             f"got {self.concurrency}")
     _check_combinations(self)
     del p
+
+
+def _attacks():
+  from afl import attacks  # pylint: disable=g-import-not-at-top
+  return attacks
+
+
+def _compression():
+  from afl import compression  # pylint: disable=g-import-not-at-top
+  return compression
 
 
 def _check_combinations(c: "ExperimentConfig"):
@@ -329,13 +343,18 @@ def _coerce(path: str, value: Any, hint: Any) -> Any:
     if not isinstance(value, dict):
       _fail(path, f"expected a dict, got {type(value).__name__} {value!r}")
     return dict(value)
-  if isinstance(origin, type) and origin is types.UnionType:
-    return value
+  if origin is types.UnionType or origin is typing.Union:
+    if value is None and type(None) in typing.get_args(hint):
+      return None
+    inner = [a for a in typing.get_args(hint) if a is not type(None)]
+    return _coerce(path, value, inner[0]) if len(inner) == 1 else value
   return value
 
 
 def _build(cls, cfg, path: str):
-  hints = typing.get_type_hints(cls)
+  hints = typing.get_type_hints(
+      cls, localns=dict(AttackConfig=_attacks().AttackConfig,
+                        CompressionConfig=_compression().CompressionConfig))
   fields = {f.name: f for f in dataclasses.fields(cls)}
   given = dict(cfg.items()) if cfg is not None else {}
   for key in given:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import flax
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -58,7 +59,8 @@ class Server:
 
   def __init__(self, cfg: ServerConfig, params, aggregator, capacity: int, *,
                dp_clip: float | None = None, dp_noise: float = 0.0,
-               secagg: SecAggConfig | None = None, key=None, seed: int = 0):
+               secagg: SecAggConfig | None = None, key=None, seed: int = 0,
+               update_attack=None):
     """Args (keyword): `dp_clip`/`dp_noise` turn on server (user-level) DP;
     `secagg` routes the buffer through simulated secure aggregation; `key`
     seeds their randomness (folded with the version)."""
@@ -70,6 +72,8 @@ class Server:
     self.key = key if key is not None else jax.random.PRNGKey(seed)
     self.seed = seed
     self.num_aggregations = 0
+    self.update_attack = update_attack  # afl.attacks fn, or None
+    self.last_info = None
     self.optimizer = make_optimizer(cfg.optimizer, cfg.lr,
                                     dict(cfg.optimizer_kwargs))
     self.aggregator = aggregator
@@ -78,7 +82,7 @@ class Server:
                              agg_state=aggregator.init())
     self._mix = jax.jit(_mix)
     self._buffered = jax.jit(self._buffered_step)
-    self._stack = jax.jit(_stack_scaled)
+    self._stack = jax.jit(_stack)
 
   @property
   def params(self):
@@ -93,11 +97,17 @@ class Server:
                          np.float32(a)))
 
   def buffered_apply(self, deltas: list, stalenesses, num_examples,
-                     client_ids=None):
-    """Aggregates a buffer/round of deltas into one server step."""
+                     client_ids=None, malicious=None, trust_weights=None):
+    """Aggregates a buffer/round of deltas into one server step.
+
+    Order: update attack on the raw deltas (malicious rows) -> staleness
+    scaling -> aggregation (server DP / secure aggregation, or the
+    configured aggregator with example x trust weights) -> optax step.
+    Returns the number of rows dropped as non-finite.
+    """
     n = len(deltas)
     if n == 0:
-      return
+      return 0
     cfg = self.cfg
     s = staleness_weight(stalenesses, cfg.staleness_fn, cfg.staleness_a,
                          cfg.staleness_b)
@@ -105,13 +115,14 @@ class Server:
       s = np.ones_like(s)
     w = np.asarray(num_examples, np.float64) if cfg.weight_by_examples else (
         np.ones(n))
+    if trust_weights is not None:
+      w = w * np.asarray(trust_weights, np.float64)
     pad = self.capacity - n
-    scales = np.zeros(self.capacity, np.float32)
-    scales[:n] = s
-    weights = np.zeros(self.capacity, np.float32)
-    weights[:n] = w
-    mask = np.zeros(self.capacity, bool)
-    mask[:n] = True
+    rows = lambda x, dtype: np.concatenate(
+        [np.asarray(x, dtype), np.zeros(pad, dtype)])
+    scales, weights = rows(s, np.float32), rows(w, np.float32)
+    mask = rows(np.ones(n), bool)
+    bad = rows(malicious if malicious is not None else np.zeros(n), bool)
     ids = np.zeros(self.capacity, np.int32)
     if client_ids is not None:
       ids[:n] = client_ids
@@ -123,14 +134,14 @@ class Server:
       survivors[:n] &= rng.random(n) >= self.secagg.drop_after_masking
     key = jax.random.fold_in(self.key, self.num_aggregations)
     self.num_aggregations += 1
-    stacked = self._stack(scales, *deltas, *([deltas[0]] * pad))
-    self.state = self._buffered(self.state, stacked, weights, mask, survivors,
-                                ids, key)
+    stacked = self._stack(*deltas, *([deltas[0]] * pad))
+    self.state, info = self._buffered(self.state, stacked, scales, weights,
+                                      mask, bad, survivors, ids, key)
+    self.last_info = info
+    return int(info["non_finite"])
 
-  def _private_mean(self, stacked, mask, survivors, ids, key):
-    """Clip (server DP) -> sum (secure or plain) -> noise -> / count."""
-    flat, unravel = aggregators.flatten_updates(stacked)
-    valid = aggregators.valid_rows(flat, mask)
+  def _private_sum(self, flat, valid, survivors, ids, key):
+    """Clip (server DP) -> sum (secure or plain) -> noise; and the count."""
     if self.dp_clip is not None:
       flat = dp_lib.clip_updates(flat, valid, self.dp_clip)
     flat = jnp.where(valid[:, None], flat, 0.0)
@@ -148,22 +159,31 @@ class Server:
     if self.dp_clip is not None:
       total = total + self.dp_noise * self.dp_clip * jax.random.normal(
           key, total.shape, total.dtype)
-    count = jnp.maximum(jnp.sum(keep), 1).astype(total.dtype)
-    return unravel(total / count)
+    return total / jnp.maximum(jnp.sum(keep), 1).astype(total.dtype)
 
-  def _buffered_step(self, state: ServerState, stacked, weights, mask,
-                     survivors, ids, key):
+  def _buffered_step(self, state: ServerState, stacked, scales, weights, mask,
+                     malicious, survivors, ids, key):
+    flat, unravel = aggregators.flatten_updates(stacked)
+    attack_key, key = jax.random.split(key)
+    if self.update_attack is not None:
+      flat = self.update_attack(flat, malicious & mask, mask, attack_key)
+    finite = jnp.all(jnp.isfinite(flat), axis=1)
+    valid = mask & finite
+    # Scale after the finiteness check: 0 * inf would hide a bad row.
+    flat = jnp.where(valid[:, None], flat * scales[:, None], 0.0)
     if self.dp_clip is not None or self.secagg is not None:
-      agg, agg_state = self._private_mean(stacked, mask, survivors, ids,
-                                          key), state.agg_state
+      agg = unravel(self._private_sum(flat, valid, survivors, ids, key))
+      agg_state = state.agg_state
     else:
-      agg, agg_state = self.aggregator.apply(stacked, weights, mask,
-                                             state.agg_state)
+      agg, agg_state = self.aggregator.apply(
+          jax.vmap(unravel)(flat), weights, valid, state.agg_state)
     grads = jax.tree_util.tree_map(jnp.negative, agg)
     updates, opt_state = self.optimizer.update(grads, state.opt_state,
                                                state.params)
+    info = dict(non_finite=jnp.sum(mask & ~finite), flat=flat, valid=valid,
+                aggregate=ravel(agg))
     return ServerState(params=optax.apply_updates(state.params, updates),
-                       opt_state=opt_state, agg_state=agg_state)
+                       opt_state=opt_state, agg_state=agg_state), info
 
 
 def _mix(params, start, delta, a):
@@ -171,7 +191,9 @@ def _mix(params, start, delta, a):
       lambda x, s, d: x + a * (s + d - x), params, start, delta)
 
 
-def _stack_scaled(scales, *trees):
-  return jax.tree_util.tree_map(
-      lambda *xs: jnp.stack(xs) * scales.reshape((-1,) + (1,) * xs[0].ndim),
-      *trees)
+def _stack(*trees):
+  return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def ravel(tree):
+  return jax.flatten_util.ravel_pytree(tree)[0]

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from afl import aggregators
+from afl import attacks
+from afl import communication as comm_lib
 from afl import client as client_lib
 from afl import models
 from afl.config import ExperimentConfig
@@ -111,10 +113,17 @@ class Simulation:
     self.num_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
     log(f"model {cfg.model.name}: {self.num_params:,} parameters")
 
+    atk = cfg.attack
+    atk.check_against(cfg.num_clients, ds.num_classes)
+    self.malicious = atk.malicious_mask(cfg.num_clients, cfg.seed)
+    data_max = float(ds.train_x.max())
+    if atk.kind != "none":
+      log(f"attack {atk.kind}: {int(self.malicious.sum())} malicious clients")
     self.data = client_lib.ClientData(
         x=jnp.asarray(ds.train_x), y=jnp.asarray(ds.train_y),
         indices=jnp.asarray(self.partition.indices, jnp.int32),
-        offsets=jnp.asarray(self.partition.offsets, jnp.int32))
+        offsets=jnp.asarray(self.partition.offsets, jnp.int32),
+        malicious=jnp.asarray(self.malicious))
     c = cfg.client
     s = cfg.server
     capacity = cfg.concurrency if s.mode == "sync" else s.buffer_size
@@ -123,7 +132,9 @@ class Simulation:
     fns = client_lib.make_client_fns(
         client_lib.cross_entropy_loss(self.model.apply),
         make_optimizer(c.optimizer, c.lr, dict(c.optimizer_kwargs)),
-        c.batch_size, c.local_steps, dp=self.privacy.client_dp())
+        c.batch_size, c.local_steps, dp=self.privacy.client_dp(),
+        data_attack=(atk.data_attack(ds.num_classes, data_max)
+                     if atk.has_data_attack else None))
     self.backend_kind = client_lib.resolve_backend(
         c.backend, has_conv=cfg.model.name in models.CONV_MODELS)
     self.backend = client_lib.Backend(fns, self.backend_kind)
@@ -132,11 +143,24 @@ class Simulation:
     self.server = Server(s, params, aggregators.get(cfg.aggregator.name),
                          capacity, **self.privacy.server_kwargs(),
                          secagg=cfg.secagg,
-                         key=jax.random.fold_in(root, 2), seed=cfg.seed)
+                         key=jax.random.fold_in(root, 2), seed=cfg.seed,
+                         update_attack=(atk.update_attack()
+                                        if atk.has_update_attack else None))
+    self.comm = comm_lib.Communication(cfg.compression, params)
     self.scheduler = Scheduler(cfg.scheduler, cfg.num_clients,
                                cfg.concurrency, c.local_steps, sched_rng)
     self.evaluate = make_eval_fn(self.model.apply, ds.test_x, ds.test_y,
                                  cfg.eval.batch_size)
+    self.evaluate_backdoor = None
+    if atk.kind == "backdoor":
+      keep = ds.test_y != atk.target  # ASR counts non-target examples
+      xt = np.asarray(attacks.stamp_trigger(
+          ds.test_x[keep], atk.trigger_size,
+          atk.resolved_trigger_value(data_max)))
+      # Accuracy against the target label on triggered inputs = ASR.
+      self.evaluate_backdoor = make_eval_fn(
+          self.model.apply, xt, np.full(len(xt), atk.target, np.int32),
+          cfg.eval.batch_size)
 
     # Loop state (plain data).
     self.version = 0
@@ -156,21 +180,25 @@ class Simulation:
   # Hooks for components with state of their own (trust, residuals, ...):
   # arrays go to orbax, the rest to JSON (afl/checkpoint.py).
   def extra_arrays(self) -> dict:
-    return dict(privacy=self.privacy.state_arrays())
+    return dict(privacy=self.privacy.state_arrays(),
+                comm=self.comm.state_arrays())
 
   def extra_host(self) -> dict:
     return dict(num_aggregations=self.server.num_aggregations,
-                privacy=self.privacy.state_host())
+                privacy=self.privacy.state_host(),
+                comm=self.comm.state_host())
 
   def load_extra(self, arrays: dict, host: dict):
     self.server.num_aggregations = host["num_aggregations"]
     self.privacy.load_state(arrays["privacy"], host["privacy"])
+    self.comm.load_state(arrays["comm"], host["comm"])
 
   # -- dispatch and training -------------------------------------------
 
   def _dispatch(self):
     task = self.scheduler.dispatch(self.now, self.version)
     self.refs[task.start_version] += 1
+    self.comm.downloaded()
     if not task.dropped:  # a task that will drop out is never trained
       self.untrained.append(task)
     return task
@@ -230,6 +258,7 @@ class Simulation:
       self.counters["stale_dropped"] += 1
       self._release(task)
       return self._after_event(made_version=False)
+    delta = self.comm.upload(task.client_id, delta)
     self._record_arrival(staleness, loss)
     made = False
     if mode == "fedasync":
@@ -247,8 +276,9 @@ class Simulation:
     if not self.buffer:
       return False
     deltas, stale, ids = zip(*self.buffer)
-    self.server.buffered_apply(list(deltas), list(stale),
-                               [self.num_examples[i] for i in ids], list(ids))
+    self.counters["non_finite"] += self.server.buffered_apply(
+        list(deltas), list(stale), [self.num_examples[i] for i in ids],
+        list(ids), malicious=self.malicious[list(ids)])
     self.buffer = []
     return True
 
@@ -281,6 +311,10 @@ class Simulation:
 
   def _eval_record(self):
     acc, loss = self.evaluate(self.server.params)
+    extra = {}
+    if self.evaluate_backdoor is not None:
+      extra["attack_success_rate"] = self.evaluate_backdoor(
+          self.server.params)[0]
     w = self.window
     rec = dict(
         version=self.version,
@@ -298,7 +332,10 @@ class Simulation:
         cohorts=self.counters["cohorts"],
         mean_cohort_size=(self.counters["trained"] / self.counters["cohorts"]
                           if self.counters["cohorts"] else None),
+        non_finite_dropped=self.counters["non_finite"],
+        **self.comm.metrics(),
         **self.privacy.metrics(),
+        **extra,
     )
     self.window.clear()
     self.history.append(rec)
@@ -376,6 +413,10 @@ class Simulation:
         mean_cohort_size=last["mean_cohort_size"],
         backend=self.backend_kind,
         num_params=int(self.num_params),
+        non_finite_dropped=self.counters["non_finite"],
+        num_malicious=int(self.malicious.sum()),
+        **{k: v for k, v in last.items() if k == "attack_success_rate"},
+        **self.comm.metrics(),
         **self.privacy.metrics(),
         stop_reason=reason,
     )
