@@ -309,6 +309,9 @@ class BertModel(nn.Module):
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
                deterministic: bool = True):
     c = self.config
+    # Ids may arrive as floats (a generic `init(key, jnp.zeros(shape))`);
+    # the embedding lookup needs integers.
+    input_ids = input_ids.astype(jnp.int32)
     if attention_mask is None:
       attention_mask = attention_mask_from_ids(input_ids, c.pad_token_id)
     attention_mask = attention_mask.astype(bool)
@@ -372,6 +375,7 @@ class BertClassifier(nn.Module):
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
                deterministic: bool = True):
+    input_ids = input_ids.astype(jnp.int32)
     if attention_mask is None:
       attention_mask = attention_mask_from_ids(input_ids,
                                                self.config.pad_token_id)

@@ -332,7 +332,7 @@ def load_hf_checkpoint(path_or_id, model_type: Optional[str] = None, *,
   >>> model = BertModel(BertConfig.from_hf(cfg), NO_LORA,  # doctest: +SKIP
   ...                   cfg["add_pooling_layer"])
   """
-  folder = resolve_checkpoint(path_or_id, model_type or "bert", download)
+  folder = resolve_checkpoint(path_or_id, model_type or "hf", download)
   config = json.loads((folder / "config.json").read_text())
   model_type = model_type or config.get("model_type")
   if model_type not in MODEL_TYPES:
@@ -419,7 +419,7 @@ def pretrained_classifier(path_or_id, num_classes: int, key, *,
   Returns:
     (module, params): params is {'params': ...}, ready for `split_params`.
   """
-  folder = resolve_checkpoint(path_or_id, model_type or "bert", download)
+  folder = resolve_checkpoint(path_or_id, model_type or "hf", download)
   if model_type is None:
     model_type = json.loads((folder / "config.json").read_text()).get(
         "model_type")
