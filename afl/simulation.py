@@ -6,6 +6,8 @@ over jitted functions; everything it holds is plain data.
 from __future__ import annotations
 
 import collections
+import json
+import os
 import time
 from typing import Callable
 
@@ -358,6 +360,10 @@ class Simulation:
       if elapsed is not None:
         self.log(f"resumed from checkpoint at version {self.version}")
     self.t0 = time.perf_counter() - (elapsed or 0.0)
+    if self.workdir:
+      with open(os.path.join(self.workdir, "malicious.json"), "w") as f:
+        json.dump(dict(ids=np.flatnonzero(self.malicious).tolist(),
+                       attack=cfg.attack.kind), f)
     writer = MetricsWriter(self.workdir, cfg, progress=cfg.logging.progress,
                            max_versions=cfg.stop.max_versions,
                            history=self.history if elapsed is not None
