@@ -124,6 +124,26 @@ def test_shape_mismatch_raises(tiny_bert, tmp_path):
     load_hf_checkpoint(_write(tmp_path, TINY_BERT, doctored))
 
 
+def test_sharded_bfloat16_checkpoint(tiny_bert, tmp_path):
+  """Large HF checkpoints are sharded and often stored in bfloat16."""
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  params, tensors = tiny_bert
+  names = sorted(tensors)
+  shards = {"model-00001-of-00002.safetensors": names[:10],
+            "model-00002-of-00002.safetensors": names[10:]}
+  tmp_path.mkdir(exist_ok=True)
+  (tmp_path / "config.json").write_text(json.dumps(TINY_BERT))
+  for shard, keys in shards.items():
+    save_file({k: tensors[k].astype(ml_dtypes.bfloat16)
+               if tensors[k].dtype == np.float32 else tensors[k]
+               for k in keys}, str(tmp_path / shard))
+  (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+      {"weight_map": {k: s for s, keys in shards.items() for k in keys}}))
+  _, loaded = load_hf_checkpoint(tmp_path)
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(loaded))
+  chex.assert_trees_all_close(loaded, params, rtol=1e-2, atol=1e-2)
+
+
 def test_not_found_messages(tmp_path):
   with pytest.raises(FileNotFoundError,
                      match="vit checkpoint: no config.json/model.safetensors "

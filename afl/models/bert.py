@@ -91,7 +91,8 @@ class BertConfig:
                        f"num_attention_heads {self.num_attention_heads}")
     if self.position_embedding_type != "absolute":
       raise ValueError("only absolute position embeddings are supported, got "
-                       f"position_embedding_type={self.position_embedding_type!r}")
+                       "position_embedding_type="
+                       f"{self.position_embedding_type!r}")
     activation(self.hidden_act)
 
   @classmethod

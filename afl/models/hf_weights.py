@@ -37,6 +37,7 @@ from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors.numpy import load_file
 
 from afl.models import bert as bert_lib
 from afl.models import vit as vit_lib
@@ -83,11 +84,11 @@ def _has_weights(d: pathlib.Path) -> bool:
 
 def _from_hf_cache(repo_id: str) -> Optional[pathlib.Path]:
   try:
-    from huggingface_hub import try_to_load_from_cache  # pylint: disable=g-import-not-at-top
+    import huggingface_hub  # pylint: disable=g-import-not-at-top
   except ImportError:
     return None
   try:
-    hit = try_to_load_from_cache(repo_id, "config.json")
+    hit = huggingface_hub.try_to_load_from_cache(repo_id, "config.json")
   except Exception:  # pylint: disable=broad-except
     # A malformed id is "not in the cache", not a crash: the caller reports
     # one FileNotFoundError for every way of not finding the checkpoint.
@@ -126,11 +127,11 @@ def resolve_checkpoint(path_or_id, model_type: str = "bert",
     return hit
   if download:
     try:
-      from huggingface_hub import snapshot_download  # pylint: disable=g-import-not-at-top
+      import huggingface_hub  # pylint: disable=g-import-not-at-top
     except ImportError as e:
       raise _not_found(model_type, f"{repo_id} (huggingface_hub is not "
                        "installed, cannot download)") from e
-    d = pathlib.Path(snapshot_download(
+    d = pathlib.Path(huggingface_hub.snapshot_download(
         repo_id, allow_patterns=["config.json", "model.safetensors",
                                  "model.safetensors.index.json",
                                  "model-*.safetensors"]))
@@ -138,16 +139,6 @@ def resolve_checkpoint(path_or_id, model_type: str = "bert",
       return d
   raise _not_found(model_type, f"{path_or_id} (not a folder, not in the HF "
                    "cache)")
-
-
-def _load_file(f: pathlib.Path) -> dict:
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  try:
-    return load_file(str(f))
-  except (TypeError, ValueError, KeyError):
-    # numpy has no bfloat16; safetensors' flax reader does (via ml_dtypes).
-    from safetensors.flax import load_file as load_jax  # pylint: disable=g-import-not-at-top
-    return {k: np.asarray(v) for k, v in load_jax(str(f)).items()}
 
 
 def read_safetensors(folder) -> dict:
@@ -158,9 +149,11 @@ def read_safetensors(folder) -> dict:
     shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     out = {}
     for s in shards:
-      out.update(_load_file(folder / s))
+      out.update(load_file(str(folder / s)))
     return out
-  return _load_file(folder / "model.safetensors")
+  # bfloat16/float16 checkpoints load too (numpy dtypes via ml_dtypes); the
+  # mapping casts every weight to float32.
+  return load_file(str(folder / "model.safetensors"))
 
 
 def _encoder(model_type: str, config, add_pooling_layer: bool,
@@ -328,9 +321,10 @@ def load_hf_checkpoint(path_or_id, model_type: Optional[str] = None, *,
     ValueError: missing/misshapen required weights, or unexpected ones when
       strict.
 
-  >>> cfg, params = load_hf_checkpoint("/path/to/all-MiniLM-L6-v2")  # doctest: +SKIP
-  >>> model = BertModel(BertConfig.from_hf(cfg), NO_LORA,  # doctest: +SKIP
-  ...                   cfg["add_pooling_layer"])
+  >>> path = "/path/to/all-MiniLM-L6-v2"
+  >>> cfg, params = load_hf_checkpoint(path)  # doctest: +SKIP
+  >>> model = bert_lib.BertModel(  # doctest: +SKIP
+  ...     bert_lib.BertConfig.from_hf(cfg), NO_LORA, cfg["add_pooling_layer"])
   """
   folder = resolve_checkpoint(path_or_id, model_type or "hf", download)
   config = json.loads((folder / "config.json").read_text())
