@@ -134,7 +134,8 @@ def main(argv=None):
     rows.append((k, d, res, None))
     for label, times in res.items():
       records.append(dict(K=k, D=d, kernel=label, times_s=times,
-                          best_s=min(times), ratio_vs_np_median=min(times) / ref))
+                          best_s=min(times),
+                          ratio_vs_np_median=min(times) / ref))
 
   labels = list(REFERENCES) + list(args.kernels)
   print("| K | D | " + " | ".join(labels) + " |")

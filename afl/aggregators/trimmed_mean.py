@@ -57,7 +57,8 @@ def weighted_trimmed_mean_of_sorted(s: jax.Array, ws: jax.Array,
   total = cum[-1]
   # t * W / n rather than (t / n) * W: exact for the integer cumulative
   # weights that equal weights normalize to.
-  cut = t.astype(total.dtype) * total / jnp.maximum(n_pos, 1).astype(total.dtype)
+  n = jnp.maximum(n_pos, 1).astype(total.dtype)
+  cut = t.astype(total.dtype) * total / n
   lo, hi = cut, total - cut
   kept = jnp.clip(jnp.minimum(cum, hi) - jnp.maximum(prev, lo), 0.0, None)
   # inf * 0 would be NaN: rows with no kept mass (incl. the +inf padding)

@@ -25,7 +25,7 @@ Duplicate client ids in one batch are applied sequentially in row order,
 exactly as if the rows had arrived one by one (all scored against the same
 aggregate): a client with rows k1 < k2 < ... < kc ends at
 
-  ema^c * trust + sum_i (1 - ema) * ema^(number of its rows after k_i) * score_ki
+  ema^c * trust + sum_i (1 - ema) * ema^(its rows after k_i) * score_ki
 
 computed in closed form with a segment sum (no loop, deterministic).
 Quarantine transitions are evaluated once per batch on the final trust.
@@ -108,9 +108,8 @@ def agreement_scores(flat: jax.Array, valid: jax.Array, aggregate: jax.Array):
   x_norm = jnp.sqrt(jnp.sum(x * x, axis=1))
   a_norm = jnp.sqrt(jnp.sum(a * a))
   denom = x_norm * a_norm
-  cos = jnp.where(a_norm > 0,
-                  jnp.where(denom > 0, (x @ a) / jnp.where(denom > 0, denom, 1.0), 0.0),
-                  1.0)
+  cos = jnp.where(denom > 0, (x @ a) / jnp.where(denom > 0, denom, 1.0), 0.0)
+  cos = jnp.where(a_norm > 0, cos, 1.0)
   cos = jnp.clip(cos, -1.0, 1.0)
   dist = jnp.sqrt(jnp.sum(jnp.square(x - a[None, :]), axis=1))
   med = median_flat(dist[:, None], valid)[0]
