@@ -7,7 +7,8 @@ Exact order inside `apply(updates, weights, mask, state)`:
      influence anything below.
   2. Norm clipping: every valid row is scaled to norm at most
      `clip_multiplier * median(norms of the valid rows)`
-     (`clipping.clip_relative_to_median_norm`).
+     (the factors of `clipping.clip_relative_to_median_norm`, applied inside
+     the sort blocks of step 4 so no clipped copy is written).
   3. Trust weights: the pipeline uses `weights` as given. The CALLER
      multiplies its data weights by the trust weights
      (`trust.trust_weights`) before calling, e.g.
