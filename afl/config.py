@@ -157,11 +157,85 @@ class SchedulerConfig:
 
 @dataclasses.dataclass(**_kw)
 class AggregatorConfig:
+  """`name` picks the kernel; the rest are its parameters (README table)."""
   name: str = "mean"
+  weighted: bool = False  # median / trimmed_mean / multi_krum: use weights
+  beta: float = 0.1  # trimmed_mean, hybrid: fraction trimmed per side
+  num_byzantine: int = 1  # krum, multi_krum
+  num_selected: int = 2  # multi_krum
+  max_iters: int = 100  # geomed (Weiszfeld)
+  tol: float = 1e-6  # geomed
+  eps: float = 1e-6  # geomed smoothing
+  tau: float = 1.0  # centered_clip radius
+  iters: int = 3  # centered_clip
+  clip_multiplier: float = 2.0  # hybrid: clip at multiplier x median norm
+  min_trusted: int = 3  # hybrid: below this, fall back to the median
+  weight_threshold: float = 0.5  # hybrid: a row is trusted above this
+  norm_clip: float = 0.0  # > 0: clip every update to this L2 norm first
+  window: int = 8  # fedasync: robust rule over the last `window` arrivals
 
   def validate(self, p):
     from afl import aggregators  # pylint: disable=g-import-not-at-top
     _choice(f"{p}.name", self.name, aggregators.names())
+    _range(f"{p}.beta", self.beta, 0, 0.5)
+    if self.beta == 0.5:
+      _fail(f"{p}.beta", "must be < 0.5 (nothing would be left)")
+    _range(f"{p}.num_byzantine", self.num_byzantine, 0)
+    _range(f"{p}.num_selected", self.num_selected, 1)
+    _range(f"{p}.max_iters", self.max_iters, 1)
+    _range(f"{p}.tol", self.tol, 0)
+    _range(f"{p}.eps", self.eps, 0, lo_open=True)
+    _range(f"{p}.tau", self.tau, 0, lo_open=True)
+    _range(f"{p}.iters", self.iters, 1)
+    _range(f"{p}.clip_multiplier", self.clip_multiplier, 0, lo_open=True)
+    _range(f"{p}.min_trusted", self.min_trusted, 1)
+    _range(f"{p}.weight_threshold", self.weight_threshold, 0)
+    _range(f"{p}.norm_clip", self.norm_clip, 0)
+    _range(f"{p}.window", self.window, 1)
+
+  def kwargs(self) -> dict:
+    """The factory arguments of the chosen aggregator."""
+    return {
+        "mean": {},
+        "median": dict(weighted=self.weighted),
+        "trimmed_mean": dict(beta=self.beta, weighted=self.weighted),
+        "krum": dict(num_byzantine=self.num_byzantine),
+        "multi_krum": dict(num_byzantine=self.num_byzantine,
+                           num_selected=self.num_selected,
+                           weighted=self.weighted),
+        "geomed": dict(max_iters=self.max_iters, tol=self.tol, eps=self.eps),
+        "centered_clip": dict(tau=self.tau, iters=self.iters),
+        "hybrid": dict(clip_multiplier=self.clip_multiplier, beta=self.beta,
+                       min_trusted=self.min_trusted,
+                       weight_threshold=self.weight_threshold),
+    }[self.name]
+
+
+@dataclasses.dataclass(**_kw)
+class TrustSection:
+  """Trust scores with soft quarantine (afl/aggregators/trust.py)."""
+  enabled: bool = False
+  ema: float = 0.8
+  threshold: float = 0.4
+  release_threshold: float = 0.6
+  quarantine_scale: float = 0.1
+
+  def validate(self, p):
+    _range(f"{p}.ema", self.ema, 0, 1)
+    if self.ema == 1:
+      _fail(f"{p}.ema", "must be < 1 (trust would never move)")
+    _range(f"{p}.threshold", self.threshold, 0, 1, lo_open=True)
+    if not self.threshold < self.release_threshold <= 1:
+      _fail(f"{p}.release_threshold", f"must be in (threshold="
+            f"{self.threshold}, 1], got {self.release_threshold}")
+    _range(f"{p}.quarantine_scale", self.quarantine_scale, 0, 1,
+           lo_open=True)
+
+  def trust_config(self):
+    from afl.aggregators import trust  # pylint: disable=g-import-not-at-top
+    return trust.TrustConfig(ema=self.ema, threshold=self.threshold,
+                             release_threshold=self.release_threshold,
+                             quarantine_scale=self.quarantine_scale)
 
 
 @dataclasses.dataclass(**_kw)
@@ -253,6 +327,7 @@ class ExperimentConfig:
   scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)
   aggregator: AggregatorConfig = dataclasses.field(
       default_factory=AggregatorConfig)
+  trust: TrustSection = dataclasses.field(default_factory=TrustSection)
   stop: StopConfig = dataclasses.field(default_factory=StopConfig)
   eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
   logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
@@ -300,6 +375,19 @@ def _check_combinations(c: "ExperimentConfig"):
     if c.server.weight_by_examples:
       _fail("server.weight_by_examples", "must be False with dp.mode=server "
             "(example weights would change the sensitivity)")
+  if c.trust.enabled and c.secagg.enabled:
+    _fail("trust.enabled", "trust scores need individual updates, which "
+          "secure aggregation hides; disable one of them")
+  if c.trust.enabled and c.dp.mode == "server":
+    _fail("trust.enabled", "server DP aggregates clipped updates with noise "
+          "calibrated to the mean; trust reweighting is not covered by it")
+  if agg in ("krum", "multi_krum"):
+    k = c.server.buffer_size if c.server.mode == "fedbuff" else (
+        c.concurrency if c.server.mode == "sync" else c.aggregator.window)
+    need = 2 * c.aggregator.num_byzantine + 3
+    if k < need:
+      _fail("aggregator.num_byzantine", f"krum needs at least 2f+3={need} "
+            f"updates per aggregation, but this setup aggregates {k}")
   if c.secagg.enabled:
     if agg != "mean":
       _fail("secagg.enabled", f"secure aggregation only reveals the sum; "

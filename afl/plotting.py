@@ -35,3 +35,26 @@ def write_run_plots(workdir: str, history: list, staleness_hist: dict):
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, "staleness.png"), dpi=110)
   plt.close(fig)
+
+
+def trust_plot(path: str, versions, scores, malicious, max_lines: int = 200):
+  """Trust trajectories, red for malicious clients, blue for honest ones."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(6, 3.8))
+  n = scores.shape[1]
+  # Malicious clients first so that all of them are drawn when capped.
+  order = np.concatenate([np.flatnonzero(malicious),
+                          np.flatnonzero(~np.asarray(malicious))])[:max_lines]
+  for c in order:
+    ax.plot(versions, scores[:, c], color="tab:red" if malicious[c]
+            else "tab:blue", alpha=0.6, lw=1)
+  ax.plot([], [], color="tab:red", label="malicious")
+  ax.plot([], [], color="tab:blue", label="honest")
+  ax.set_xlabel("server version")
+  ax.set_ylabel("trust")
+  ax.set_ylim(-0.02, 1.02)
+  ax.legend(loc="lower left")
+  ax.set_title(f"trust of {min(n, max_lines)} of {n} clients")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

@@ -142,8 +142,18 @@ class Simulation:
     self.backend = client_lib.Backend(fns, self.backend_kind)
     log(f"client backend: {self.backend_kind} (config: {c.backend})")
 
-    self.server = Server(s, params, aggregators.get(cfg.aggregator.name),
+    robust_async = s.mode == "fedasync" and (
+        cfg.aggregator.name != "mean" or cfg.trust.enabled
+        or atk.has_update_attack)
+    self.server = Server(s, params, aggregators.get(
+        cfg.aggregator.name, **cfg.aggregator.kwargs()),
                          capacity, **self.privacy.server_kwargs(),
+                         trust_cfg=(cfg.trust.trust_config()
+                                    if cfg.trust.enabled else None),
+                         num_clients=cfg.num_clients,
+                         norm_clip=cfg.aggregator.norm_clip,
+                         robust_window=(cfg.aggregator.window
+                                        if robust_async else 0),
                          secagg=cfg.secagg,
                          key=jax.random.fold_in(root, 2), seed=cfg.seed,
                          update_attack=(atk.update_attack()
@@ -177,23 +187,45 @@ class Simulation:
     self.staleness_hist = collections.Counter()
     self.window = collections.defaultdict(list)  # since the last evaluation
     self.history = []
+    self.trust_snapshots = []  # (version, [num_clients] trust) per eval
     self.last_eval = 0
 
   # Hooks for components with state of their own (trust, residuals, ...):
   # arrays go to orbax, the rest to JSON (afl/checkpoint.py).
   def extra_arrays(self) -> dict:
-    return dict(privacy=self.privacy.state_arrays(),
-                comm=self.comm.state_arrays())
+    srv = self.server
+    out = dict(privacy=self.privacy.state_arrays(),
+               comm=self.comm.state_arrays(),
+               window={str(i): w[0] for i, w in enumerate(srv.window)})
+    if srv.trust is not None:
+      out["trust"] = dict(score=srv.trust.score,
+                          quarantined=srv.trust.quarantined)
+    if self.trust_snapshots:
+      out["trust_snapshots"] = np.stack([t for _, t in self.trust_snapshots])
+    return out
 
   def extra_host(self) -> dict:
-    return dict(num_aggregations=self.server.num_aggregations,
+    srv = self.server
+    return dict(num_aggregations=srv.num_aggregations,
                 privacy=self.privacy.state_host(),
-                comm=self.comm.state_host())
+                comm=self.comm.state_host(),
+                window=[[int(s), int(c), bool(b)] for _, s, c, b in srv.window],
+                trust_versions=[v for v, _ in self.trust_snapshots])
 
   def load_extra(self, arrays: dict, host: dict):
-    self.server.num_aggregations = host["num_aggregations"]
+    srv = self.server
+    srv.num_aggregations = host["num_aggregations"]
     self.privacy.load_state(arrays["privacy"], host["privacy"])
     self.comm.load_state(arrays["comm"], host["comm"])
+    srv.window = [(arrays["window"][str(i)], s, c, b)
+                  for i, (s, c, b) in enumerate(host["window"])]
+    if srv.trust is not None:
+      srv.trust = srv.trust.replace(
+          score=jnp.asarray(arrays["trust"]["score"]),
+          quarantined=jnp.asarray(arrays["trust"]["quarantined"]))
+    self.trust_snapshots = [
+        (v, np.asarray(t)) for v, t in zip(
+            host["trust_versions"], arrays.get("trust_snapshots", []))]
 
   # -- dispatch and training -------------------------------------------
 
@@ -264,8 +296,10 @@ class Simulation:
     self._record_arrival(staleness, loss)
     made = False
     if mode == "fedasync":
-      self.server.fedasync_apply(self.versions[task.start_version], delta,
-                                 staleness)
+      self.counters["non_finite"] += self.server.fedasync_apply(
+          self.versions[task.start_version], delta, staleness,
+          task.client_id, bool(self.malicious[task.client_id]))
+      self._after_aggregation()
       made = True
     else:
       self.buffer.append((delta, staleness, task.client_id))
@@ -274,6 +308,19 @@ class Simulation:
     self._release(task)
     return self._after_event(made_version=made)
 
+  def _after_aggregation(self):
+    """Trust bookkeeping after an aggregation: transitions go to the log."""
+    info = self.server.last_info
+    if self.server.trust is None or info is None:
+      return
+    for cid in np.flatnonzero(np.asarray(info["entered"])):
+      self.counters["quarantine_entries"] += 1
+      self.log(f"trust: client {cid} quarantined at version {self.version}"
+               f" (malicious={bool(self.malicious[cid])})")
+    for cid in np.flatnonzero(np.asarray(info["exited"])):
+      self.counters["quarantine_exits"] += 1
+      self.log(f"trust: client {cid} released at version {self.version}")
+
   def _flush_buffer(self) -> bool:
     if not self.buffer:
       return False
@@ -281,6 +328,7 @@ class Simulation:
     self.counters["non_finite"] += self.server.buffered_apply(
         list(deltas), list(stale), [self.num_examples[i] for i in ids],
         list(ids), malicious=self.malicious[list(ids)])
+    self._after_aggregation()
     self.buffer = []
     return True
 
@@ -335,6 +383,7 @@ class Simulation:
         mean_cohort_size=(self.counters["trained"] / self.counters["cohorts"]
                           if self.counters["cohorts"] else None),
         non_finite_dropped=self.counters["non_finite"],
+        **self._trust_metrics(),
         **self.comm.metrics(),
         **self.privacy.metrics(),
         **extra,
@@ -342,6 +391,25 @@ class Simulation:
     self.window.clear()
     self.history.append(rec)
     return rec
+
+  def _trust_metrics(self) -> dict:
+    trust = self.server.trust
+    if trust is None:
+      return {}
+    score = np.asarray(trust.score)
+    q = np.asarray(trust.quarantined)
+    honest = ~self.malicious
+    out = dict(num_quarantined=int(q.sum()),
+               quarantined_malicious=int((q & self.malicious).sum()),
+               quarantined_honest=int((q & honest).sum()),
+               quarantine_entries=self.counters["quarantine_entries"],
+               quarantine_exits=self.counters["quarantine_exits"],
+               mean_trust_honest=float(score[honest].mean()) if honest.any()
+               else None,
+               mean_trust_malicious=float(score[self.malicious].mean())
+               if self.malicious.any() else None)
+    self.trust_snapshots.append((self.version, score.copy()))
+    return out
 
   def run(self, resume: bool = False) -> dict:
     """Runs to a stop condition; returns the summary dict.
@@ -396,7 +464,20 @@ class Simulation:
       checkpoint.save(mngr, self, time.perf_counter() - self.t0)
     summary = self.summary(reason)
     writer.close(summary, self.staleness_hist, self.history)
+    if self.workdir and self.trust_snapshots:
+      self._write_trust()
     return summary
+
+  def _write_trust(self):
+    versions = np.array([v for v, _ in self.trust_snapshots])
+    scores = np.stack([t for _, t in self.trust_snapshots])
+    np.savez_compressed(os.path.join(self.workdir, "trust.npz"),
+                        versions=versions, trust=scores,
+                        malicious=self.malicious)
+    if self.cfg.logging.plots:
+      from afl import plotting  # pylint: disable=g-import-not-at-top
+      plotting.trust_plot(os.path.join(self.workdir, "trust.png"), versions,
+                          scores, self.malicious)
 
   def summary(self, reason: str) -> dict:
     last = self.history[-1]
@@ -421,6 +502,9 @@ class Simulation:
         num_params=int(self.num_params),
         non_finite_dropped=self.counters["non_finite"],
         num_malicious=int(self.malicious.sum()),
+        **{k: v for k, v in last.items() if k.startswith(("quarantine",
+                                                          "num_quarantined",
+                                                          "mean_trust"))},
         **{k: v for k, v in last.items() if k == "attack_success_rate"},
         **self.comm.metrics(),
         **self.privacy.metrics(),
