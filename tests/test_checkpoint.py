@@ -93,3 +93,37 @@ def test_resume_refuses_other_config(tmp_path):
                      text=True, timeout=300)
   assert r.returncode == 2
   assert "holds a run of a different config" in r.stderr
+
+
+def _rich_config(max_versions):
+  """Every stateful component on: trust, fedasync window, residuals, DP."""
+  c = tiny.get_config()
+  c.num_clients, c.concurrency = 20, 6
+  c.server.mode = "fedasync"
+  c.aggregator.update(name="hybrid", window=5)
+  c.trust.enabled = True
+  c.attack.update(kind="sign_flip", fraction=0.25)
+  c.compression.update(kind="topk", ratio=0.2)
+  c.dp.update(mode="client", noise_multiplier=0.5, clip_norm=5.0)
+  c.stop.max_versions = max_versions
+  c.eval.every_versions = 5
+  return build_config(c)
+
+
+def test_resume_in_process_with_all_state(tmp_path):
+  straight = Simulation(_rich_config(20), str(tmp_path / "a"),
+                        log=lambda m: None)
+  s_straight = straight.run()
+  first = Simulation(_rich_config(10), str(tmp_path / "b"), log=lambda m: None)
+  first.run()
+  resumed = Simulation(_rich_config(20), str(tmp_path / "b"),
+                       log=lambda m: None)
+  s_resumed = resumed.run(resume=True)
+  for x, y in zip(jax.tree_util.tree_leaves(straight.server.state),
+                  jax.tree_util.tree_leaves(resumed.server.state)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  np.testing.assert_array_equal(np.asarray(straight.server.trust.score),
+                                np.asarray(resumed.server.trust.score))
+  for key in ("final_test_accuracy", "epsilon", "bytes_total",
+              "residual_clients", "num_quarantined", "client_updates"):
+    assert s_straight[key] == s_resumed[key], key

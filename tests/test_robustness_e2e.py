@@ -79,3 +79,25 @@ def test_topk_compression_counts_bytes_and_keeps_training():
   arrived = {c for c in range(20)
              if sched.task_counts[c] - (c in sched.busy) > 0}
   assert s["residual_clients"] == len(arrived)
+
+
+def test_hybrid_with_trust_quarantines_only_attackers():
+  sim, s = _run(attack=dict(kind="sign_flip", fraction=0.3),
+                aggregator=dict(name="hybrid"), trust=dict(enabled=True),
+                stop=dict(max_versions=30))
+  assert s["quarantined_malicious"] >= 1
+  assert s["quarantined_honest"] == 0
+  assert s["mean_trust_malicious"] < s["mean_trust_honest"]
+  assert s["final_test_accuracy"] > 0.8
+
+
+@pytest.mark.parametrize("aggregator", ["median", "hybrid"])
+def test_fedasync_robust_window(aggregator):
+  attack = dict(kind="sign_flip", fraction=0.3, scale=4.0)
+  _, robust = _run(server=dict(mode="fedasync"), attack=attack,
+                   aggregator=dict(name=aggregator, window=8),
+                   stop=dict(max_versions=60))
+  _, plain = _run(server=dict(mode="fedasync"), attack=attack,
+                  aggregator=dict(name="mean", window=8),
+                  stop=dict(max_versions=60))
+  assert robust["final_test_accuracy"] > plain["final_test_accuracy"] + 0.2
