@@ -24,7 +24,12 @@ def get_config(arg=None):
   c.scheduler.update(step_time=1.0, duration_dist="lognormal",
                      duration_sigma=0.5, heterogeneity=0.7, network_delay=2.0,
                      dropout_prob=0.05)
-  c.aggregator.update(name="mean")
+  # The hybrid pipeline (README, "Aggregation"): clip at 2x the median norm,
+  # trust-weighted trimmed mean, median fallback; trust with soft quarantine.
+  c.aggregator.update(name="hybrid", clip_multiplier=2.0, beta=0.1,
+                      min_trusted=3)
+  c.trust.update(enabled=True, ema=0.8, threshold=0.4, release_threshold=0.6,
+                 quarantine_scale=0.1)
   c.stop.update(max_versions=2000)
   c.eval.update(every_versions=50, batch_size=1000)
   return c

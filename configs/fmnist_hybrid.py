@@ -23,7 +23,12 @@ def get_config(arg=None):
                   staleness_fn="polynomial", staleness_a=0.5)
   c.scheduler.update(step_time=1.0, duration_dist="exponential",
                      heterogeneity=0.5, network_delay=1.0, dropout_prob=0.05)
-  c.aggregator.update(name="mean")
+  # The hybrid pipeline (README, "Aggregation"): clip at 2x the median norm,
+  # trust-weighted trimmed mean, median fallback; trust with soft quarantine.
+  c.aggregator.update(name="hybrid", clip_multiplier=2.0, beta=0.1,
+                      min_trusted=3)
+  c.trust.update(enabled=True, ema=0.8, threshold=0.4, release_threshold=0.6,
+                 quarantine_scale=0.1)
   c.stop.update(max_versions=150)
   c.eval.update(every_versions=10, batch_size=2000)
   return c
