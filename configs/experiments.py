@@ -9,12 +9,13 @@ Each experiment is `(name, base config module, overrides)`; the overrides are
 nested dicts applied to `base.get_config()` by
 `afl.experiments.apply_overrides`, which refuses keys the base config does
 not have. They are applied only to the experiments selected for a run, so an
-experiment naming a key that does not exist yet stops only itself.
+experiment naming a key that does not exist stops only itself.
 
 The default set compares, on the Fashion-MNIST demo (configs/fmnist_hybrid.py):
 the three server modes; every attack at 30% malicious clients against every
-robust aggregator; client and server DP; top-k compression with and without
-error feedback; and the headline asynchronous hybrid + trust + DP setup.
+aggregator alone and against the demo's hybrid pipeline with trust scores;
+client and server DP; top-k compression with and without error feedback;
+and the headline asynchronous hybrid + trust + client DP setup.
 """
 from configs import fmnist_hybrid
 from configs import tiny
@@ -24,6 +25,10 @@ ATTACKS = ("sign_flip", "alie", "ipm", "label_flip", "backdoor", "gaussian",
 AGGREGATORS = ("mean", "median", "trimmed_mean", "hybrid")
 ATTACK_FRACTION = 0.3
 
+# The demo config runs the hybrid pipeline with trust scores; everything
+# but the rows naming them turns both off, so that each row changes one
+# thing against `fedbuff` (plain FedBuff with a mean).
+_PLAIN = {"aggregator": {"name": "mean"}, "trust": {"enabled": False}}
 # As configs/fmnist_hybrid_dp.py: less momentum, which would otherwise
 # accumulate the DP noise over the local steps.
 _CLIENT_DP = {"client": {"optimizer_kwargs": {"momentum": 0.5}},
@@ -31,35 +36,48 @@ _CLIENT_DP = {"client": {"optimizer_kwargs": {"momentum": 0.5}},
                      "noise_multiplier": 1.0}}
 
 
+def _merge(*dicts):
+  """Section-wise union of override dicts; later ones win."""
+  out = {}
+  for d in dicts:
+    for key, value in d.items():
+      if isinstance(value, dict) and isinstance(out.get(key), dict):
+        value = {**out[key], **value}
+      out[key] = value
+  return out
+
+
 def _default_set():
   base = fmnist_hybrid
   exps = [
-      ("sync_fedavg", base, {"server": {"mode": "sync"}}),
-      ("fedasync", base, {"server": {"mode": "fedasync"}}),
-      ("fedbuff", base, {"server": {"mode": "fedbuff"}}),
+      ("sync_fedavg", base, _merge(_PLAIN, {"server": {"mode": "sync"}})),
+      ("fedasync", base, _merge(_PLAIN, {"server": {"mode": "fedasync"}})),
+      ("fedbuff", base, _merge(_PLAIN, {"server": {"mode": "fedbuff"}})),
   ]
   for kind in ATTACKS:
+    attack = {"attack": {"kind": kind, "fraction": ATTACK_FRACTION}}
     for agg in AGGREGATORS:
-      exps.append((f"attack_{kind}__{agg}", base, {
-          "attack": {"kind": kind, "fraction": ATTACK_FRACTION},
-          "aggregator": {"name": agg}}))
+      exps.append((f"attack_{kind}__{agg}", base, _merge(
+          _PLAIN, attack, {"aggregator": {"name": agg}})))
+    # The demo's own pipeline: hybrid aggregator weighted by trust scores.
+    exps.append((f"attack_{kind}__hybrid_trust", base, _merge(
+        attack, {"aggregator": {"name": "hybrid"},
+                 "trust": {"enabled": True}})))
   exps += [
-      ("dp_client", base, _CLIENT_DP),
+      ("dp_client", base, _merge(_PLAIN, _CLIENT_DP)),
       # Server DP calibrates noise to a sum of clipped updates: plain mean,
       # unweighted (afl.config refuses anything else).
-      ("dp_server", base, {
+      ("dp_server", base, _merge(_PLAIN, {
           "dp": {"mode": "server", "clip_norm": 1.0, "noise_multiplier": 1.0},
-          "aggregator": {"name": "mean"},
-          "server": {"weight_by_examples": False}}),
-      ("topk_0.01", base, {"compression": {
-          "kind": "topk", "ratio": 0.01, "error_feedback": True}}),
-      ("topk_0.01_noef", base, {"compression": {
-          "kind": "topk", "ratio": 0.01, "error_feedback": False}}),
-      ("async_hybrid_trust_dp", base, {
+          "server": {"weight_by_examples": False}})),
+      ("topk_0.01", base, _merge(_PLAIN, {"compression": {
+          "kind": "topk", "ratio": 0.01, "error_feedback": True}})),
+      ("topk_0.01_noef", base, _merge(_PLAIN, {"compression": {
+          "kind": "topk", "ratio": 0.01, "error_feedback": False}})),
+      ("async_hybrid_trust_dp", base, _merge(_CLIENT_DP, {
           "server": {"mode": "fedbuff"},
           "aggregator": {"name": "hybrid"},
-          "trust": {"enabled": True},
-          **_CLIENT_DP}),
+          "trust": {"enabled": True}})),
   ]
   return exps
 
