@@ -2,6 +2,7 @@
 
   python launch.py --config configs/fmnist_hybrid.py --workdir runs/demo
   python launch.py --config configs/tiny.py --config.server.mode=fedasync
+  python launch.py --experiments configs/experiments.py --workdir runs/sweep
 
 Intentionally kept short: flags, then one call into the library.
 """
@@ -9,6 +10,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file")
@@ -32,6 +34,7 @@ def _parse(argv):
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   from afl import config as config_lib  # pylint: disable=g-import-not-at-top
   from afl import run  # pylint: disable=g-import-not-at-top
   try:
@@ -42,5 +45,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  if any(a == "--experiments" or a.startswith("--experiments=")
+         for a in sys.argv[1:]):
+    from afl import experiments  # pylint: disable=g-import-not-at-top
+    sys.exit(experiments.main(sys.argv[1:]))
   flags.mark_flag_as_required("config")
   app.run(main, flags_parser=_parse)

@@ -36,6 +36,9 @@ class ClientData:
   indices: jax.Array  # [total] int32, client shards back to back
   offsets: jax.Array  # [num_clients + 1] int32
   malicious: jax.Array | None = None  # [num_clients] bool: data attackers
+  # Frozen model parameters (e.g. a LoRA model's base): passed unbatched to
+  # every client (in_axes=None), never copied per client or per version.
+  frozen: object = None
 
 
 @flax.struct.dataclass
@@ -51,8 +54,9 @@ def task_key(root: jax.Array, client_id, task_index) -> jax.Array:
 
 
 def cross_entropy_loss(apply_fn):
-  def loss_fn(params, x, y):
-    logits = apply_fn(params, x)
+  """apply_fn(params, x, frozen) -> logits; frozen is ClientData.frozen."""
+  def loss_fn(params, x, y, frozen=None):
+    logits = apply_fn(params, x, frozen)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
   return loss_fn
 
@@ -82,7 +86,7 @@ def make_client_fns(loss_fn, optimizer: optax.GradientTransformation,
   """Builds client_init / client_step / client_final.
 
   Args:
-    loss_fn: (params, x [B, ...], y [B]) -> scalar mean loss.
+    loss_fn: (params, x [B, ...], y [B], frozen) -> scalar mean loss.
     optimizer: the client's optax optimizer (fresh state every task).
     batch_size: examples per local step, sampled with replacement from the
       client's shard with the task's own key.
@@ -112,14 +116,16 @@ def make_client_fns(loss_fn, optimizer: optax.GradientTransformation,
     if data_attack is not None:
       x, y = data_attack(x, y, jax.random.fold_in(sub, 2),
                          data.malicious[client_id])
+    frozen = data.frozen
     if dp is None:
-      loss, grads = jax.value_and_grad(loss_fn)(state.params, x, y)
+      loss, grads = jax.value_and_grad(loss_fn)(state.params, x, y, frozen)
     else:
       # A key off the sampling stream, so batches match the non-DP run.
       noise_key = jax.random.fold_in(sub, 1)
-      loss = loss_fn(state.params, x, y)
+      loss = loss_fn(state.params, x, y, frozen)
       grads, _ = dp_lib.dp_sgd_gradient(
-          lambda p, ex: loss_fn(p, ex[0][None], ex[1][None]), state.params,
+          lambda p, ex: loss_fn(p, ex[0][None], ex[1][None], frozen),
+          state.params,
           (x, y), jnp.ones((batch_size,), bool), noise_key, dp.clip_norm,
           dp.noise_multiplier, dp.microbatch_size)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

@@ -51,6 +51,10 @@ class DataConfig:
   hf_image_key: str = "image"
   hf_label_key: str = "label"
   allow_download: bool = True
+  # Text corpora (afl.data.text.CORPORA): tokens per example, tokenizer
+  # folder ("" = the model checkpoint's, else the packaged MiniLM's).
+  max_length: int = 64
+  tokenizer: str = ""
   # name="synthetic": learnable random images (tests, smoke runs).
   synthetic_train: int = 1024
   synthetic_test: int = 256
@@ -64,6 +68,7 @@ class DataConfig:
     _range(f"{p}.min_shard_size", self.min_shard_size, 1)
     _range(f"{p}.train_limit", self.train_limit, 0)
     _range(f"{p}.test_limit", self.test_limit, 0)
+    _range(f"{p}.max_length", self.max_length, 2)
 
 
 @dataclasses.dataclass(**_kw)
@@ -71,12 +76,24 @@ class ModelConfig:
   name: str = "cnn"  # see afl.models.MODELS
   width: int = 0  # base channels / hidden width; 0 = the model default
   dtype: str = "float32"
+  # HF families (bert, vit): checkpoint folder / cached hub id / "minilm".
+  checkpoint: str = ""
+  lora_rank: int = 8
+  lora_alpha: float = 16.0
+  lora_targets: tuple = ("query", "value")
+  pooling: str = "cls"  # cls | mean (| pooler for bert)
 
   def validate(self, p):
     from afl import models  # pylint: disable=g-import-not-at-top
-    _choice(f"{p}.name", self.name, sorted(models.MODELS))
+    _choice(f"{p}.name", self.name, sorted(set(models.MODELS) | models.HF_MODELS))
     _range(f"{p}.width", self.width, 0)
     _choice(f"{p}.dtype", self.dtype, ("float32", "bfloat16"))
+    _range(f"{p}.lora_rank", self.lora_rank, 0)
+    _range(f"{p}.lora_alpha", self.lora_alpha, 0, lo_open=True)
+    allowed = ("query", "key", "value", "attn_out", "mlp_in", "mlp_out")
+    for t in self.lora_targets:
+      _choice(f"{p}.lora_targets", t, allowed)
+    _choice(f"{p}.pooling", self.pooling, ("cls", "mean", "pooler"))
 
 
 def _check_optax(path: str, name: str):
@@ -310,6 +327,7 @@ class CheckpointConfig:
 class LoggingConfig:
   progress: bool = True
   plots: bool = True
+  tensorboard: bool = False  # event files in workdir/tensorboard (tensorboardX)
 
   def validate(self, p):
     del p
@@ -351,6 +369,11 @@ class ExperimentConfig:
     del p
 
 
+def _is_text(name: str) -> bool:
+  from afl.data import text  # pylint: disable=g-import-not-at-top
+  return name in text.CORPORA
+
+
 def _attacks():
   from afl import attacks  # pylint: disable=g-import-not-at-top
   return attacks
@@ -375,6 +398,9 @@ def _check_combinations(c: "ExperimentConfig"):
     if c.server.weight_by_examples:
       _fail("server.weight_by_examples", "must be False with dp.mode=server "
             "(example weights would change the sensitivity)")
+  if c.attack.kind == "backdoor" and _is_text(c.data.name):
+    _fail("attack.kind", "backdoor stamps a pixel trigger; it needs image "
+          f"data, not the text corpus {c.data.name!r}")
   if c.trust.enabled and c.secagg.enabled:
     _fail("trust.enabled", "trust scores need individual updates, which "
           "secure aggregation hides; disable one of them")

@@ -50,6 +50,15 @@ class MetricsWriter:
       for record in history or []:
         self._file.write(dumps(record) + "\n")
       self._file.flush()
+    self._tb = None
+    if workdir and cfg.logging.tensorboard:
+      from afl import report  # pylint: disable=g-import-not-at-top
+      # Like metrics.jsonl, rewritten from the restored history: purging
+      # from step 0 hides whatever earlier event files hold.
+      self._tb = report.TensorBoardWriter(
+          os.path.join(workdir, "tensorboard"), purge_step=0)
+      for record in history or []:
+        self._tb.write(record)
     self._bar = None
     if progress:
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
@@ -62,6 +71,8 @@ class MetricsWriter:
     if self._file:
       self._file.write(dumps(record) + "\n")
       self._file.flush()
+    if self._tb is not None:
+      self._tb.write(record)
     self.progress(record["version"], record["virtual_time"])
 
   def progress(self, version: int, virtual_time: float):
@@ -76,6 +87,8 @@ class MetricsWriter:
       self._bar.close()
     if self._file:
       self._file.close()
+    if self._tb is not None:
+      self._tb.close()
     if not self.workdir:
       return
     with open(os.path.join(self.workdir, "summary.json"), "w") as f:

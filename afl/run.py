@@ -54,4 +54,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None,
   from afl.simulation import Simulation  # pylint: disable=g-import-not-at-top
   summary = Simulation(cfg, workdir, log=log).run(resume=resume)
   log("summary: " + json.dumps(_clean(summary)))
+  if workdir:
+    from afl import report  # pylint: disable=g-import-not-at-top
+    report.write_report(workdir)
   return summary

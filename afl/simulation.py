@@ -22,6 +22,7 @@ from afl import client as client_lib
 from afl import models
 from afl.config import ExperimentConfig
 from afl.data import loaders
+from afl.data import text as text_lib
 from afl.data import partition as partition_lib
 from afl.metrics import MetricsWriter
 from afl.privacy import ledger as privacy_lib
@@ -39,6 +40,13 @@ def _seeds(seed: int):
 
 def load_data(cfg: ExperimentConfig, log: Callable = print):
   d = cfg.data
+  if d.name in text_lib.CORPORA:
+    tokenizer = d.tokenizer or (models.resolve_checkpoint(cfg.model.checkpoint)
+                                if cfg.model.checkpoint else None)
+    return text_lib.load_text_dataset(
+        d.name, tokenizer_path=tokenizer, max_length=d.max_length,
+        seed=cfg.seed, train_limit=d.train_limit, test_limit=d.test_limit,
+        log=log)
   kwargs = dict(allow_download=d.allow_download, log=log,
                 hf_image_key=d.hf_image_key, hf_label_key=d.hf_label_key,
                 train_limit=d.train_limit, test_limit=d.test_limit)
@@ -56,7 +64,7 @@ def make_partition(cfg: ExperimentConfig, labels, rng):
                             min_size=d.min_shard_size)
 
 
-def make_eval_fn(apply_fn, x, y, batch_size: int):
+def make_eval_fn(apply_fn, x, y, batch_size: int, frozen=None):
   """Returns params -> (accuracy, loss) over the whole test set.
 
   The test set is padded once to a multiple of the batch so one program is
@@ -73,18 +81,18 @@ def make_eval_fn(apply_fn, x, y, batch_size: int):
   mp = jnp.asarray(np.arange(nb * b) < n)
 
   @jax.jit
-  def batch_stats(params, i):
+  def batch_stats(params, frozen, i):
     xb = jax.lax.dynamic_slice_in_dim(xp, i * b, b)
     yb = jax.lax.dynamic_slice_in_dim(yp, i * b, b)
     mb = jax.lax.dynamic_slice_in_dim(mp, i * b, b)
-    logits = apply_fn(params, xb)
+    logits = apply_fn(params, xb, frozen)
     loss = -jnp.take_along_axis(jax.nn.log_softmax(logits), yb[:, None],
                                 axis=1)[:, 0]
     correct = jnp.argmax(logits, -1) == yb
     return jnp.sum(jnp.where(mb, correct, 0)), jnp.sum(jnp.where(mb, loss, 0))
 
   def evaluate(params):
-    stats = [batch_stats(params, np.int32(i)) for i in range(nb)]
+    stats = [batch_stats(params, frozen, np.int32(i)) for i in range(nb)]
     correct = sum(float(c) for c, _ in stats)
     loss = sum(float(l) for _, l in stats)
     return correct / n, loss / n
@@ -108,12 +116,11 @@ class Simulation:
         partition_lib.summarize(self.partition, ds.train_y, ds.num_classes)))
     self.num_examples = self.partition.sizes()
 
-    self.model = models.make_model(cfg.model.name, ds.num_classes,
-                                   cfg.model.width, cfg.model.dtype)
     init_key, self.client_root = jax.random.split(root)
-    params = self.model.init(init_key, jnp.zeros((1,) + ds.train_x.shape[1:]))
+    self.apply_fn, params, frozen = models.build_model(
+        cfg.model, ds.num_classes, ds.train_x.shape[1:], init_key, log)
     self.num_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
-    log(f"model {cfg.model.name}: {self.num_params:,} parameters")
+    log(f"model {cfg.model.name}: {self.num_params:,} federated parameters")
 
     atk = cfg.attack
     atk.check_against(cfg.num_clients, ds.num_classes)
@@ -125,14 +132,14 @@ class Simulation:
         x=jnp.asarray(ds.train_x), y=jnp.asarray(ds.train_y),
         indices=jnp.asarray(self.partition.indices, jnp.int32),
         offsets=jnp.asarray(self.partition.offsets, jnp.int32),
-        malicious=jnp.asarray(self.malicious))
+        malicious=jnp.asarray(self.malicious), frozen=frozen)
     c = cfg.client
     s = cfg.server
     capacity = cfg.concurrency if s.mode == "sync" else s.buffer_size
     self.privacy = privacy_lib.PrivacyLedger(cfg, capacity,
                                              self.num_examples, log)
     fns = client_lib.make_client_fns(
-        client_lib.cross_entropy_loss(self.model.apply),
+        client_lib.cross_entropy_loss(self.apply_fn),
         make_optimizer(c.optimizer, c.lr, dict(c.optimizer_kwargs)),
         c.batch_size, c.local_steps, dp=self.privacy.client_dp(),
         data_attack=(atk.data_attack(ds.num_classes, data_max)
@@ -161,8 +168,8 @@ class Simulation:
     self.comm = comm_lib.Communication(cfg.compression, params)
     self.scheduler = Scheduler(cfg.scheduler, cfg.num_clients,
                                cfg.concurrency, c.local_steps, sched_rng)
-    self.evaluate = make_eval_fn(self.model.apply, ds.test_x, ds.test_y,
-                                 cfg.eval.batch_size)
+    self.evaluate = make_eval_fn(self.apply_fn, ds.test_x, ds.test_y,
+                                 cfg.eval.batch_size, frozen)
     self.evaluate_backdoor = None
     if atk.kind == "backdoor":
       keep = ds.test_y != atk.target  # ASR counts non-target examples
@@ -171,8 +178,8 @@ class Simulation:
           atk.resolved_trigger_value(data_max)))
       # Accuracy against the target label on triggered inputs = ASR.
       self.evaluate_backdoor = make_eval_fn(
-          self.model.apply, xt, np.full(len(xt), atk.target, np.int32),
-          cfg.eval.batch_size)
+          self.apply_fn, xt, np.full(len(xt), atk.target, np.int32),
+          cfg.eval.batch_size, frozen)
 
     # Loop state (plain data).
     self.version = 0

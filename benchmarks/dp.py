@@ -29,7 +29,7 @@ def step_time(name, shape, batch, dp, microbatch, repeats=20):
   model = models.make_model(name, 10)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape))
   fns = client_lib.make_client_fns(
-      client_lib.cross_entropy_loss(model.apply), optax.sgd(0.05), batch, 1,
+      client_lib.cross_entropy_loss(models.plain_apply(model)), optax.sgd(0.05), batch, 1,
       dp=client_lib.ClientDP(1.0, 1.0, microbatch) if dp else None)
   rng = np.random.default_rng(0)
   n = 1024

@@ -45,7 +45,7 @@ def measure(workload, backend, cohort, repeats, min_seconds=1.0):
   name, width, shape, steps, batch = WORKLOADS[workload]
   model = models.make_model(name, 10, width)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape))
-  fns = client_lib.make_client_fns(client_lib.cross_entropy_loss(model.apply),
+  fns = client_lib.make_client_fns(client_lib.cross_entropy_loss(models.plain_apply(model)),
                                    optax.sgd(0.05), batch, steps)
   run = client_lib.Backend(fns, backend)
   data = _data(shape, cohort)

@@ -23,7 +23,7 @@ def _setup(model_name="mlp", local_steps=3, optimizer=None):
   model = models.make_model(model_name, 3, 8)
   params = model.init(jax.random.PRNGKey(1), jnp.zeros((1, 6, 6, 1)))
   fns = client_lib.make_client_fns(
-      client_lib.cross_entropy_loss(model.apply),
+      client_lib.cross_entropy_loss(models.plain_apply(model)),
       optimizer or optax.sgd(0.1, momentum=0.9), batch_size=8,
       local_steps=local_steps)
   return fns, params, data

