@@ -27,6 +27,7 @@ from afl import models  # noqa: E402
 # name -> (model, width, input shape, local steps, batch): the issue-8 table.
 WORKLOADS = {
     "cnn": ("cnn", 32, (32, 32, 3), 1, 32),
+    "cnn_fmnist": ("cnn", 32, (28, 28, 1), 5, 32),
     "mlp": ("mlp", 100, (28, 28, 1), 5, 16),
 }
 

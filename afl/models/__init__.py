@@ -78,7 +78,27 @@ def build_model(cfg, num_classes: int, example_shape, key, log=print):
   log(f"model {cfg.name} from {path}: {lora.count_params(base):,} frozen, "
       f"{lora.count_params(adapters):,} trainable (LoRA r={cfg.lora_rank})")
 
+  fit = _fit_images(module) if cfg.name == "vit" else (lambda x: x)
+
   def apply_fn(params, x, frozen):
-    return module.apply(lora.merge_params(frozen, params), x)
+    return module.apply(lora.merge_params(frozen, params), fit(x))
 
   return apply_fn, adapters, base
+
+
+def _fit_images(module):
+  """Resizes NHWC images to the ViT checkpoint's size and channel count."""
+  import jax  # pylint: disable=g-import-not-at-top
+  size = module.config.image_size
+  channels = module.config.num_channels
+
+  def fit(x):
+    if x.shape[-1] != channels:
+      if x.shape[-1] != 1:
+        raise ValueError(f"vit: images have {x.shape[-1]} channels, the "
+                         f"checkpoint expects {channels}")
+      x = jnp.repeat(x, channels, axis=-1)
+    if x.shape[1:3] != (size, size):
+      x = jax.image.resize(x, (x.shape[0], size, size, channels), "bilinear")
+    return x
+  return fit
