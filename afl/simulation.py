@@ -20,7 +20,7 @@ from afl import attacks
 from afl import communication as comm_lib
 from afl import client as client_lib
 from afl import models
-from afl.config import ExperimentConfig
+from afl.config import ConfigError, ExperimentConfig
 from afl.data import loaders
 from afl.data import text as text_lib
 from afl.data import partition as partition_lib
@@ -59,9 +59,12 @@ def load_data(cfg: ExperimentConfig, log: Callable = print):
 
 def make_partition(cfg: ExperimentConfig, labels, rng):
   d = cfg.data
-  return partition_lib.make(d.partition, labels, cfg.num_clients, rng,
-                            alpha=d.dirichlet_alpha, sigma=d.quantity_sigma,
-                            min_size=d.min_shard_size)
+  try:
+    return partition_lib.make(d.partition, labels, cfg.num_clients, rng,
+                              alpha=d.dirichlet_alpha, sigma=d.quantity_sigma,
+                              min_size=d.min_shard_size)
+  except ValueError as e:  # e.g. too few examples for num_clients
+    raise ConfigError(f"config.data.partition: {e}") from None
 
 
 def make_eval_fn(apply_fn, x, y, batch_size: int, frozen=None):

@@ -109,3 +109,32 @@ def test_workdir_of_another_config_is_refused(tmp_path):
   r = _launch("--config", "configs/tiny.py", "--workdir", wd, "--overwrite",
               "--config.stop.max_versions=3")
   assert r.returncode == 0, r.stderr
+
+
+def test_dataset_too_small_for_clients_is_one_line(tmp_path):
+  r = _launch("--config", "configs/tiny.py", "--config.num_clients=200",
+              "--config.concurrency=4", "--config.data.min_shard_size=4")
+  assert r.returncode == 2
+  line = r.stderr.strip().splitlines()[-1]
+  assert line.startswith("error: config.data.partition: dataset too small "
+                         "for num_clients=200"), line
+
+
+def test_missing_cifar_is_one_line(tmp_path):
+  r = _launch("--config", "configs/cifar_hybrid.py",
+              f"--config.data.dir={tmp_path}",
+              "--config.data.allow_download=False")
+  assert r.returncode == 2
+  line = r.stderr.strip().splitlines()[-1]
+  assert line.startswith("error: cifar10") and str(tmp_path) in line, line
+
+
+def test_missing_hf_checkpoint_is_one_line(tmp_path):
+  r = _launch("--config", "configs/cifar_vit_lora.py",
+              f"--config.model.checkpoint={tmp_path}/vit",
+              "--config.data.name=synthetic",
+              "--config.data.synthetic_shape=(8,8,3)",
+              "--config.num_clients=10", "--config.concurrency=4")
+  assert r.returncode == 2
+  line = r.stderr.strip().splitlines()[-1]
+  assert line.startswith("error: ") and f"{tmp_path}/vit" in line, line
