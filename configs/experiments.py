@@ -97,14 +97,32 @@ def _tiny_set():
   ]
 
 
-_SETS = {"default": _default_set, "tiny": _tiny_set}
+def _attack_table_set():
+  """The README's attack table: each attack at 30% under plain FedBuff with
+  a mean and under the demo's hybrid + trust, on a shorter budget (40
+  versions) so that the 16 runs take about 20 minutes on 2 CPU cores."""
+  short = {"stop": {"max_versions": 40}, "eval": {"every_versions": 20}}
+  exps = [("none__mean", fmnist_hybrid, _merge(_PLAIN, short)),
+          ("none__hybrid_trust", fmnist_hybrid, dict(short))]
+  for kind in ATTACKS:
+    attack = {"attack": {"kind": kind, "fraction": ATTACK_FRACTION}}
+    exps.append((f"{kind}__mean", fmnist_hybrid,
+                 _merge(_PLAIN, attack, short)))
+    exps.append((f"{kind}__hybrid_trust", fmnist_hybrid,
+                 _merge(attack, short)))
+  return exps
+
+
+_SETS = {"default": _default_set, "tiny": _tiny_set,
+         "attack_table": _attack_table_set}
 
 
 def get_experiments(arg=None):
   """Returns `[(name, base config module, overrides), ...]`.
 
   Args:
-    arg: the set: None or "default" (Fashion-MNIST), or "tiny" (tests).
+    arg: the set: None or "default" (Fashion-MNIST), "attack_table" (the
+      README's attack table), or "tiny" (tests).
   """
   key = arg or "default"
   if key not in _SETS:
