@@ -23,20 +23,27 @@ import optax  # noqa: E402
 
 from afl import client as client_lib  # noqa: E402
 from afl import models  # noqa: E402
+from afl.config import ModelConfig  # noqa: E402
 
-# name -> (model, width, input shape, local steps, batch): the issue-8 table.
+# name -> (model, width, input shape, local steps, batch): the issue-8 table,
+# and LoRA-BERT: all-MiniLM-L6-v2 (packaged) with rank-8 q/v adapters on 32
+# tokens; its frozen base is shared by the cohort.
 WORKLOADS = {
+    "lora_bert": ("bert", 0, (32,), 1, 16),
     "cnn": ("cnn", 32, (32, 32, 3), 1, 32),
     "cnn_fmnist": ("cnn", 32, (28, 28, 1), 5, 32),
     "mlp": ("mlp", 100, (28, 28, 1), 5, 16),
 }
 
 
-def _data(shape, num_clients, per_client=64, seed=0):
+def _data(shape, num_clients, per_client=64, seed=0, tokens=False,
+          frozen=None):
   rng = np.random.default_rng(seed)
   n = num_clients * per_client
+  x = (rng.integers(1, 1000, (n,) + shape).astype(np.int32) if tokens
+       else rng.standard_normal((n,) + shape, np.float32))
   return client_lib.ClientData(
-      x=jnp.asarray(rng.standard_normal((n,) + shape, np.float32)),
+      x=jnp.asarray(x), frozen=frozen,
       y=jnp.asarray(rng.integers(0, 10, n).astype(np.int32)),
       indices=jnp.arange(n, dtype=jnp.int32),
       offsets=jnp.arange(0, n + 1, per_client, dtype=jnp.int32))
@@ -44,12 +51,14 @@ def _data(shape, num_clients, per_client=64, seed=0):
 
 def measure(workload, backend, cohort, repeats, min_seconds=1.0):
   name, width, shape, steps, batch = WORKLOADS[workload]
-  model = models.make_model(name, 10, width)
-  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape))
-  fns = client_lib.make_client_fns(client_lib.cross_entropy_loss(models.plain_apply(model)),
+  mcfg = ModelConfig(name=name, width=width, checkpoint="minilm",
+                     pooling="mean")
+  apply_fn, params, frozen = models.build_model(
+      mcfg, 10, shape, jax.random.PRNGKey(0), log=lambda m: None)
+  fns = client_lib.make_client_fns(client_lib.cross_entropy_loss(apply_fn),
                                    optax.sgd(0.05), batch, steps)
   run = client_lib.Backend(fns, backend)
-  data = _data(shape, cohort)
+  data = _data(shape, cohort, tokens=name == "bert", frozen=frozen)
   root = jax.random.PRNGKey(1)
   ids = list(range(cohort))
 
