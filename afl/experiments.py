@@ -29,6 +29,7 @@ import ml_collections
 
 from afl import config as config_lib
 from afl import metrics as metrics_lib
+from afl.report import read_json as _read_json
 
 # Columns of comparison.csv / comparison.md, in order.
 COLUMNS = ("name", "server_mode", "aggregator", "attack", "attack_fraction",
@@ -189,14 +190,6 @@ def _load_file(path: str):
 def _json_config(cfg: config_lib.ExperimentConfig) -> Any:
   # Exactly what MetricsWriter writes to config.json, read back.
   return json.loads(metrics_lib.dumps(config_lib.to_dict(cfg)))
-
-
-def _read_json(path: str):
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
 
 
 def _state(exp_dir: str, want) -> str:

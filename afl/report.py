@@ -68,7 +68,8 @@ def _key_settings(config: dict) -> list[tuple[str, str]]:
 _TRUST_MARKERS = ("trust", "quarantin")
 
 
-def _read_json(path: str):
+def read_json(path: str):
+  """The JSON in `path`, or None when it is missing or unreadable."""
   try:
     with open(path) as f:
       return json.load(f)
@@ -169,10 +170,10 @@ def write_report(workdir: str) -> str:
   Raises:
     FileNotFoundError: none of config.json, summary.json, metrics.jsonl.
   """
-  config = _read_json(os.path.join(workdir, "config.json"))
-  summary = _read_json(os.path.join(workdir, "summary.json"))
+  config = read_json(os.path.join(workdir, "config.json"))
+  summary = read_json(os.path.join(workdir, "summary.json"))
   history = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-  malicious = _read_json(os.path.join(workdir, "malicious.json"))
+  malicious = read_json(os.path.join(workdir, "malicious.json"))
   if config is None and summary is None and not history:
     raise FileNotFoundError(
         f"{workdir} holds no run (no config.json, summary.json or "
