@@ -15,6 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -91,11 +92,21 @@ def main():
   ap.add_argument("--cohorts", default="8,64")
   ap.add_argument("--repeats", type=int, default=2)
   ap.add_argument("--min-seconds", type=float, default=1.0)
+  ap.add_argument("--baseline", default="", choices=["", "torch"],
+                  help="also time a PyTorch sequential client loop")
   ap.add_argument("--out", default="benchmarks/out/throughput.json")
   args = ap.parse_args()
   rows = []
   for w in args.workloads.split(","):
     for c in map(int, args.cohorts.split(",")):
+      if args.baseline == "torch" and w in ("cnn", "mlp", "cnn_fmnist"):
+        import torch_baseline  # pylint: disable=g-import-not-at-top
+        name, _, shape, steps, batch = WORKLOADS[w]
+        ups = torch_baseline.updates_per_second(
+            name, shape, steps, batch, c, args.min_seconds, args.repeats)
+        rows.append(dict(workload=w, backend="torch", cohort=c,
+                         updates_per_s=ups, seconds_per_cohort=c / ups,
+                         compile_s=0.0))
       for b in args.backends.split(","):
         rows.append(measure(w, b, c, args.repeats, args.min_seconds))
         r = rows[-1]
@@ -105,13 +116,17 @@ def main():
          for r in rows if r["backend"] == "loop"}
   print(f"\n{jax.devices()[0].device_kind} ({jax.default_backend()}), "
         f"jax {jax.__version__}\n")
-  print("| workload | backend | cohort | updates/s | vs loop |")
-  print("|---|---|---|---|---|")
+  torch_ref = {(r["workload"], r["cohort"]): r["updates_per_s"]
+               for r in rows if r["backend"] == "torch"}
+  print("| workload | backend | cohort | updates/s | vs loop | vs torch |")
+  print("|---|---|---|---|---|---|")
   for r in rows:
     base = ref.get((r["workload"], r["cohort"]))
     ratio = f"{r['updates_per_s'] / base:.2f}x" if base else "-"
+    tb = torch_ref.get((r["workload"], r["cohort"]))
+    vs_torch = f"{r['updates_per_s'] / tb:.2f}x" if tb else "-"
     print(f"| {r['workload']} | {r['backend']} | {r['cohort']} | "
-          f"{r['updates_per_s']:.1f} | {ratio} |")
+          f"{r['updates_per_s']:.1f} | {ratio} | {vs_torch} |")
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(dict(device=jax.devices()[0].device_kind,
