@@ -57,7 +57,7 @@ def _host(sim, elapsed: float) -> dict:
       buffer=[[int(s), int(n)] for _, s, n in sim.buffer],
       counters=dict(sim.counters),
       staleness_hist={str(k): v for k, v in sim.staleness_hist.items()},
-      window={k: list(v) for k, v in sim.window.items()},
+      since_eval={k: list(v) for k, v in sim.since_eval.items()},
       history=sim.history,
       heap=[list(_task_tuple(t)) for _, _, t in sched.heap],
       seq=sched.seq, rng=sched.rng.bit_generator.state,
@@ -122,7 +122,7 @@ def restore(mngr: ocp.CheckpointManager, sim, step: int | None = None):
   sim.counters = collections.Counter(host["counters"])
   sim.staleness_hist = collections.Counter(
       {int(k): v for k, v in host["staleness_hist"].items()})
-  sim.window = collections.defaultdict(list, host["window"])
+  sim.since_eval = collections.defaultdict(list, host["since_eval"])
   sim.history = host["history"]
   sim.scheduler.load_state_dict(dict(
       slowness=arrays["scheduler"]["slowness"],

@@ -192,10 +192,9 @@ class Simulation:
     self.untrained: list[Task] = []
     self.results = {}  # task seq -> (delta, loss)
     self.buffer = []  # (delta, staleness, client_id)
-    self.round_tasks = 0
     self.counters = collections.Counter()
     self.staleness_hist = collections.Counter()
-    self.window = collections.defaultdict(list)  # since the last evaluation
+    self.since_eval = collections.defaultdict(list)  # reset at evaluations
     self.history = []
     self.trust_snapshots = []  # (version, [num_clients] trust) per eval
     self.last_eval = 0
@@ -282,8 +281,8 @@ class Simulation:
   def _record_arrival(self, staleness, loss):
     self.counters["client_updates"] += 1
     self.staleness_hist[int(staleness)] += 1
-    self.window["staleness"].append(staleness)
-    self.window["train_loss"].append(float(loss))
+    self.since_eval["staleness"].append(staleness)
+    self.since_eval["train_loss"].append(float(loss))
 
   def _handle(self, task: Task) -> bool:
     """Processes one event; returns True when a new version was made."""
@@ -375,7 +374,7 @@ class Simulation:
     if self.evaluate_backdoor is not None:
       extra["attack_success_rate"] = self.evaluate_backdoor(
           self.server.params)[0]
-    w = self.window
+    w = self.since_eval
     rec = dict(
         version=self.version,
         virtual_time=self.now,
@@ -398,7 +397,7 @@ class Simulation:
         **self.privacy.metrics(),
         **extra,
     )
-    self.window.clear()
+    self.since_eval.clear()
     self.history.append(rec)
     return rec
 
