@@ -169,9 +169,13 @@ class Backend:
   version share the same arrays) and ids/indices as int sequences.
   """
 
-  def __init__(self, fns: ClientFns, kind: str):
+  def __init__(self, fns: ClientFns, kind: str, mesh=None):
+    """`mesh`: a 1-D `jax.sharding.Mesh` with axis "clients"; the vmap
+    backend then shards the cohort axis over its devices (GSPMD places the
+    collectives) and pads cohorts to a multiple of the device count."""
     self.kind = kind
     self.fns = fns
+    self.mesh = mesh
     if kind == "vmap":
       self._cohort = jax.jit(_vmap_cohort(fns))
     elif kind in ("loop", "debug"):
@@ -188,12 +192,19 @@ class Backend:
     if self.kind == "vmap":
       # Pad to a power-of-two bucket with copies of row 0 (results dropped).
       p = bucket_size(n)
+      if self.mesh is not None:
+        devices = self.mesh.devices.size
+        p = -(-p // devices) * devices
       pad = p - n
       stacked = stack_trees(*start_params, *([start_params[0]] * pad))
       ids = np.zeros(p, np.int32)
       ids[:n] = client_ids
       tasks = np.zeros(p, np.int32)
       tasks[:n] = task_indices
+      if self.mesh is not None:
+        rows = jax.sharding.NamedSharding(
+            self.mesh, jax.sharding.PartitionSpec("clients"))
+        stacked, ids, tasks = jax.device_put((stacked, ids, tasks), rows)
       deltas, losses = self._cohort(stacked, root_key, ids, tasks, data)
       losses = np.asarray(losses)
       return list(zip(unstack_tree(deltas, p)[:n], losses[:n]))
@@ -206,6 +217,14 @@ class Backend:
       delta, loss = self._final(state, params)
       out.append((delta, loss))
     return out
+
+
+def client_mesh(devices=None):
+  """A 1-D mesh over all local devices (axis "clients"), or None for one."""
+  devices = jax.devices() if devices is None else devices
+  if len(devices) < 2:
+    return None
+  return jax.sharding.Mesh(np.asarray(devices), ("clients",))
 
 
 def resolve_backend(kind: str, platform: str | None = None,

@@ -324,6 +324,33 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass(**_kw)
+class DistributedConfig:
+  """Multi-host runs: `jax.distributed.initialize` before anything else.
+  Empty address/0 processes let JAX detect them (e.g. on TPU pods, SLURM)."""
+  enabled: bool = False
+  coordinator_address: str = ""
+  num_processes: int = 0
+  process_id: int = -1
+
+  def validate(self, p):
+    _range(f"{p}.num_processes", self.num_processes, 0)
+    _range(f"{p}.process_id", self.process_id, -1)
+
+  def initialize(self):
+    if not self.enabled:
+      return
+    import jax  # pylint: disable=g-import-not-at-top
+    kwargs = {}
+    if self.coordinator_address:
+      kwargs["coordinator_address"] = self.coordinator_address
+    if self.num_processes:
+      kwargs["num_processes"] = self.num_processes
+    if self.process_id >= 0:
+      kwargs["process_id"] = self.process_id
+    jax.distributed.initialize(**kwargs)
+
+
+@dataclasses.dataclass(**_kw)
 class LoggingConfig:
   progress: bool = True
   plots: bool = True
@@ -351,6 +378,8 @@ class ExperimentConfig:
   logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
   checkpoint: CheckpointConfig = dataclasses.field(
       default_factory=CheckpointConfig)
+  distributed: DistributedConfig = dataclasses.field(
+      default_factory=DistributedConfig)
   dp: DPConfig = dataclasses.field(default_factory=DPConfig)
   secagg: SecAggConfig = dataclasses.field(default_factory=SecAggConfig)
   attack: "AttackConfig" = dataclasses.field(

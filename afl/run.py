@@ -48,6 +48,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None,
         overwrite: bool = False, resume: bool = False) -> dict:
   """Validates `config`, runs the simulation, returns the summary."""
   cfg = config_lib.build_config(config)
+  cfg.distributed.initialize()
   if workdir:
     prepare_workdir(workdir, cfg, overwrite, resume)
   log = _make_logger(workdir)

@@ -149,7 +149,11 @@ class Simulation:
                      if atk.has_data_attack else None))
     self.backend_kind = client_lib.resolve_backend(
         c.backend, has_conv=cfg.model.name in models.CONV_MODELS)
-    self.backend = client_lib.Backend(fns, self.backend_kind)
+    mesh = (client_lib.client_mesh() if self.backend_kind == "vmap"
+            else None)
+    if mesh is not None:
+      log(f"cohorts sharded over {mesh.devices.size} devices")
+    self.backend = client_lib.Backend(fns, self.backend_kind, mesh)
     log(f"client backend: {self.backend_kind} (config: {c.backend})")
 
     robust_async = s.mode == "fedasync" and (
