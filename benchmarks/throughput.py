@@ -5,7 +5,10 @@
 
 Each configuration trains a cohort of tasks (distinct clients, each from
 the same start params) with `afl.client.Backend`; the table shows updates/s
-and each backend's ratio to `loop` measured in the same run.
+and each backend's ratio to `loop` measured in the same run. `loop` is the
+FedJAX-style baseline (a Python loop of per-client jitted steps, FedJAX's
+`for_each_client` design); `--baseline torch` adds a PyTorch sequential
+client loop (benchmarks/torch_baseline.py).
 """
 import argparse
 import json
