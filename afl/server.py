@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from afl import aggregators
+from afl import client as client_lib
 from afl.aggregators import clipping as clipping_lib
 from afl.aggregators import trust as trust_lib
 from afl.config import SecAggConfig, ServerConfig
@@ -107,7 +108,6 @@ class Server:
     self._mix = jax.jit(_mix)
     self._buffered = jax.jit(self._buffered_step)
     self._windowed = jax.jit(self._window_step)
-    self._stack = jax.jit(_stack)
 
   @property
   def params(self):
@@ -186,7 +186,7 @@ class Server:
       survivors[:n] &= rng.random(n) >= self.secagg.drop_after_masking
     key = jax.random.fold_in(self.key, self.num_aggregations)
     self.num_aggregations += 1
-    stacked = self._stack(*deltas, *([deltas[0]] * pad))
+    stacked = client_lib.stack_trees(*deltas, *([deltas[0]] * pad))
     return stacked, scales, weights, mask, malicious, survivors, row_ids, key
 
   def _finish(self, info) -> int:
@@ -266,10 +266,6 @@ class Server:
 def _mix(params, start, delta, a):
   return jax.tree_util.tree_map(
       lambda x, s, d: x + a * (s + d - x), params, start, delta)
-
-
-def _stack(*trees):
-  return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
 
 
 def ravel(tree):
