@@ -189,7 +189,7 @@ def _load_file(path: str):
 
 def _json_config(cfg: config_lib.ExperimentConfig) -> Any:
   # Exactly what MetricsWriter writes to config.json, read back.
-  return json.loads(metrics_lib.dumps(config_lib.to_dict(cfg)))
+  return metrics_lib.config_record(cfg)
 
 
 def _state(exp_dir: str, want) -> str:

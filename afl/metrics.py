@@ -31,6 +31,11 @@ def dumps(x) -> str:
   return json.dumps(_clean(x), allow_nan=False)
 
 
+def config_record(cfg) -> dict:
+  """The validated config exactly as config.json holds it."""
+  return _clean(config_lib.to_dict(cfg))
+
+
 class MetricsWriter:
   """Writes each evaluation record as it happens; `workdir=None` keeps all
   in memory only (tests)."""
@@ -45,7 +50,7 @@ class MetricsWriter:
     if workdir:
       os.makedirs(workdir, exist_ok=True)
       with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(_clean(config_lib.to_dict(cfg)), f, indent=2)
+        json.dump(config_record(cfg), f, indent=2)
       self._file = open(os.path.join(workdir, "metrics.jsonl"), "w")
       for record in history or []:
         self._file.write(dumps(record) + "\n")

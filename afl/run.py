@@ -9,7 +9,7 @@ import sys
 import ml_collections
 
 from afl import config as config_lib
-from afl.metrics import _clean
+from afl import metrics
 
 
 def _make_logger(workdir: str | None):
@@ -31,7 +31,7 @@ def prepare_workdir(workdir: str, cfg: config_lib.ExperimentConfig,
   if os.path.exists(path) and not overwrite:
     with open(path) as f:
       old = json.load(f)
-    if old != _clean(config_lib.to_dict(cfg)):
+    if old != metrics.config_record(cfg):
       raise config_lib.ConfigError(
           f"workdir {workdir} holds a run of a different config; pass "
           f"--overwrite to replace it or choose another --workdir")
@@ -54,7 +54,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None,
   log = _make_logger(workdir)
   from afl.simulation import Simulation  # pylint: disable=g-import-not-at-top
   summary = Simulation(cfg, workdir, log=log).run(resume=resume)
-  log("summary: " + json.dumps(_clean(summary)))
+  log("summary: " + metrics.dumps(summary))
   if workdir:
     from afl import report  # pylint: disable=g-import-not-at-top
     report.write_report(workdir)
