@@ -107,15 +107,17 @@ class _Embeddings(nn.Module):
     return nn.Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
-class _AttentionOut(nn.Module):
+class _DenseDropout(nn.Module):
+  """Dense (LoRA target `target`) + dropout: HF's ViT*Output modules."""
   config: ViTConfig
   lora: LoRAConfig
   dtype: Any
+  target: str
 
   @nn.compact
   def __call__(self, x, deterministic):
     y = _dense(self.config.hidden_size, "dense", self.lora, self.dtype,
-               "attn_out")(x, deterministic)
+               self.target)(x, deterministic)
     return nn.Dropout(self.config.hidden_dropout_prob)(
         y, deterministic=deterministic)
 
@@ -131,8 +133,8 @@ class _Attention(nn.Module):
     ctx = SelfAttention(c.num_attention_heads, c.attention_probs_dropout_prob,
                         self.lora, use_bias=c.qkv_bias, dtype=self.dtype,
                         name="attention")(x, None, deterministic)
-    return _AttentionOut(c, self.lora, self.dtype, name="output")(
-        ctx, deterministic)
+    out = _DenseDropout(c, self.lora, self.dtype, "attn_out", name="output")
+    return out(ctx, deterministic)
 
 
 class _Intermediate(nn.Module):
@@ -146,19 +148,6 @@ class _Intermediate(nn.Module):
     y = _dense(c.intermediate_size, "dense", self.lora, self.dtype,
                "mlp_in")(x, deterministic)
     return activation(c.hidden_act)(y)
-
-
-class _Output(nn.Module):
-  config: ViTConfig
-  lora: LoRAConfig
-  dtype: Any
-
-  @nn.compact
-  def __call__(self, x, deterministic):
-    y = _dense(self.config.hidden_size, "dense", self.lora, self.dtype,
-               "mlp_out")(x, deterministic)
-    return nn.Dropout(self.config.hidden_dropout_prob)(
-        y, deterministic=deterministic)
 
 
 class ViTLayer(nn.Module):
@@ -175,8 +164,8 @@ class ViTLayer(nn.Module):
         ln("layernorm_before")(x), deterministic)
     h = _Intermediate(c, self.lora, self.dtype, name="intermediate")(
         ln("layernorm_after")(x), deterministic)
-    return x + _Output(c, self.lora, self.dtype, name="output")(
-        h, deterministic)
+    out = _DenseDropout(c, self.lora, self.dtype, "mlp_out", name="output")
+    return x + out(h, deterministic)
 
 
 class _Encoder(nn.Module):
