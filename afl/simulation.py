@@ -83,8 +83,10 @@ def make_eval_fn(apply_fn, x, y, batch_size: int, frozen=None):
   yp = jnp.asarray(np.concatenate([y, np.zeros(pad, y.dtype)]))
   mp = jnp.asarray(np.arange(nb * b) < n)
 
+  # The test arrays are arguments, not closure constants: XLA would embed
+  # them in the executable (slow compiles, a second copy in memory).
   @jax.jit
-  def batch_stats(params, frozen, i):
+  def batch_stats(params, frozen, xp, yp, mp, i):
     xb = jax.lax.dynamic_slice_in_dim(xp, i * b, b)
     yb = jax.lax.dynamic_slice_in_dim(yp, i * b, b)
     mb = jax.lax.dynamic_slice_in_dim(mp, i * b, b)
@@ -95,7 +97,8 @@ def make_eval_fn(apply_fn, x, y, batch_size: int, frozen=None):
     return jnp.sum(jnp.where(mb, correct, 0)), jnp.sum(jnp.where(mb, loss, 0))
 
   def evaluate(params):
-    stats = [batch_stats(params, frozen, np.int32(i)) for i in range(nb)]
+    stats = [batch_stats(params, frozen, xp, yp, mp, np.int32(i))
+             for i in range(nb)]
     correct = sum(float(c) for c, _ in stats)
     loss = sum(float(l) for _, l in stats)
     return correct / n, loss / n
