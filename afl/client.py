@@ -4,11 +4,18 @@
 shape) are run by interchangeable backends over a cohort of tasks:
 
 - `vmap`: the padded cohort as one jitted program, `jax.vmap` over clients
-  and `lax.scan` over local steps (the accelerator path);
+  and `lax.scan` over local steps (the accelerator path); on CPU the cohort
+  runs as `lax.map` over chunks of a few vmapped clients, which keeps each
+  chunk's parameters in cache;
 - `loop`: a Python loop over clients and steps of jitted calls (faster on
   XLA:CPU, where vmapped or scanned convolutions are slow; see
   benchmarks/NOTES.md);
 - `debug`: the same loop without jit, for stepping through in a debugger.
+
+`workers` > 1 splits a cohort into that many contiguous slices trained
+concurrently from host threads (one per CPU core); each slice's programs are
+then compiled single-threaded, since small per-client ops use cores better
+side by side than split across them (benchmarks/NOTES.md).
 
 Every task's randomness comes from `fold_in(fold_in(root, client_id),
 task_index)`, never from its position in a cohort, so how tasks are grouped
@@ -16,7 +23,9 @@ into cohorts cannot change any result (DESIGN.md, "exact lazy batching").
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import os
 from typing import Any, Callable
 
 import flax
@@ -140,25 +149,66 @@ def make_client_fns(loss_fn, optimizer: optax.GradientTransformation,
   return ClientFns(init, step, final, local_steps)
 
 
-def _vmap_cohort(fns: ClientFns):
-  def one(params, root_key, client_id, task_index, data):
+def _vmap_cohort(fns: ClientFns, chunk: int):
+  """(versions [U, ...], which [P], root, ids [P], tasks [P], data) ->
+  stacked (delta, loss) [P, ...]; task i starts from versions[which[i]].
+
+  Tasks index their start version inside the program, so a cohort never
+  stacks one parameter copy per client on the host. chunk > 0: `lax.map`
+  over chunks of `chunk` vmapped clients."""
+  def one(versions, which, root_key, client_id, task_index, data):
+    params = jax.tree_util.tree_map(lambda v: v[which], versions)
     state = fns.init(params, root_key, client_id, task_index)
     state, _ = jax.lax.scan(lambda s, _: (fns.step(s, data, client_id), None),
                             state, None, length=fns.local_steps)
     return fns.final(state, params)
-  return jax.vmap(one, in_axes=(0, None, 0, 0, None))
+
+  def cohort(versions, which, root_key, ids, tasks, data):
+    if chunk and chunk < ids.shape[0]:
+      return jax.lax.map(
+          lambda a: one(versions, a[0], root_key, a[1], a[2], data),
+          (which, ids, tasks), batch_size=chunk)
+    return jax.vmap(one, in_axes=(None, 0, None, 0, 0, None))(
+        versions, which, root_key, ids, tasks, data)
+  return cohort
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Row:
+  """Row `index` of a cohort's stacked output pytree, sliced when used."""
+  stacked: Any
+  index: int
+
+
+_take_row = jax.jit(lambda tree, i: jax.tree_util.tree_map(
+    lambda a: a[i], tree))
+_take_rows = jax.jit(lambda tree, idx: jax.tree_util.tree_map(
+    lambda a: a[idx], tree))
+
+
+def as_tree(x):
+  """A task's delta as a pytree (a `Row` is sliced out of its cohort)."""
+  if isinstance(x, Row):
+    return _take_row(x.stacked, np.int32(x.index))
+  return x
+
+
+def stack_rows(items):
+  """Stacks task deltas (pytrees or Rows) into one [n, ...] pytree; rows of
+  one cohort are gathered in a single program."""
+  first = items[0]
+  if isinstance(first, Row) and all(
+      isinstance(r, Row) and r.stacked is first.stacked for r in items):
+    return _take_rows(first.stacked,
+                      np.asarray([r.index for r in items], np.int32))
+  return stack_trees(*[as_tree(r) for r in items])
 
 
 def _stack(*trees):
   return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def _unstack(tree, n):
-  return [jax.tree_util.tree_map(lambda a, i=i: a[i], tree) for i in range(n)]
-
-
 stack_trees = jax.jit(_stack)
-unstack_tree = jax.jit(_unstack, static_argnums=1)
 
 
 class Backend:
@@ -166,20 +216,39 @@ class Backend:
 
   Call as `backend(start_params, client_ids, task_indices, root_key, data)`
   with `start_params` a list of pytrees (one per task; tasks that share a
-  version share the same arrays) and ids/indices as int sequences.
+  version share the same arrays) and ids/indices as int sequences. Deltas
+  come back as pytrees (loop, debug) or `Row`s of the cohort's stacked
+  output (vmap); `as_tree` and `stack_rows` take either.
   """
 
-  def __init__(self, fns: ClientFns, kind: str, mesh=None):
-    """`mesh`: a 1-D `jax.sharding.Mesh` with axis "clients"; the vmap
-    backend then shards the cohort axis over its devices (GSPMD places the
-    collectives) and pads cohorts to a multiple of the device count."""
+  def __init__(self, fns: ClientFns, kind: str, mesh=None, workers: int = 1,
+               chunk: int = 0):
+    """Args:
+      fns: the client functions.
+      kind: "vmap", "loop" or "debug".
+      mesh: a 1-D `jax.sharding.Mesh` with axis "clients"; the vmap backend
+        then shards the cohort axis over its devices (GSPMD places the
+        collectives) and pads cohorts to a multiple of the device count.
+      workers: host threads training disjoint slices of a cohort at once.
+      chunk: vmap only, without a mesh: clients per `lax.map` step (0: the
+        whole cohort in one vmap).
+    """
+    if workers < 1 or chunk < 0:
+      raise ValueError(f"workers={workers} must be >= 1, chunk={chunk} >= 0")
     self.kind = kind
     self.fns = fns
     self.mesh = mesh
+    self.workers = 1 if kind == "debug" else workers
+    self._pool = (concurrent.futures.ThreadPoolExecutor(self.workers)
+                  if self.workers > 1 else None)
+    options = ({"xla_cpu_multi_thread_eigen": False}
+               if self.workers > 1 and jax.default_backend() == "cpu"
+               else None)
+    jit = lambda f: jax.jit(f, compiler_options=options)
     if kind == "vmap":
-      self._cohort = jax.jit(_vmap_cohort(fns))
+      self._cohort = jit(_vmap_cohort(fns, 0 if mesh is not None else chunk))
     elif kind in ("loop", "debug"):
-      wrap = jax.jit if kind == "loop" else (lambda f: f)
+      wrap = jit if kind == "loop" else (lambda f: f)
       self._init = wrap(fns.init)
       self._step = wrap(fns.step)
       self._final = wrap(fns.final)
@@ -189,14 +258,35 @@ class Backend:
   def __call__(self, start_params, client_ids, task_indices, root_key,
                data: ClientData):
     n = len(start_params)
+    if self._pool is None or n < 2:
+      return self._train(start_params, client_ids, task_indices, root_key,
+                         data)
+    bounds = np.linspace(0, n, min(self.workers, n) + 1).astype(int)
+    futures = [self._pool.submit(self._train, start_params[lo:hi],
+                                 client_ids[lo:hi], task_indices[lo:hi],
+                                 root_key, data)
+               for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return [r for f in futures for r in f.result()]
+
+  def _train(self, start_params, client_ids, task_indices, root_key, data):
+    n = len(start_params)
     if self.kind == "vmap":
       # Pad to a power-of-two bucket with copies of row 0 (results dropped).
       p = bucket_size(n)
       if self.mesh is not None:
         devices = self.mesh.devices.size
         p = -(-p // devices) * devices
-      pad = p - n
-      stacked = stack_trees(*start_params, *([start_params[0]] * pad))
+      # Distinct start versions (tasks of one version share its arrays),
+      # padded to a power of two so few programs are compiled.
+      slot, versions = {}, []
+      which = np.zeros(p, np.int32)
+      for i, params in enumerate(start_params):
+        if id(params) not in slot:
+          slot[id(params)] = len(versions)
+          versions.append(params)
+        which[i] = slot[id(params)]
+      versions += [versions[0]] * (bucket_size(len(versions)) - len(versions))
+      versions = stack_trees(*versions)
       ids = np.zeros(p, np.int32)
       ids[:n] = client_ids
       tasks = np.zeros(p, np.int32)
@@ -204,10 +294,11 @@ class Backend:
       if self.mesh is not None:
         rows = jax.sharding.NamedSharding(
             self.mesh, jax.sharding.PartitionSpec("clients"))
-        stacked, ids, tasks = jax.device_put((stacked, ids, tasks), rows)
-      deltas, losses = self._cohort(stacked, root_key, ids, tasks, data)
+        which, ids, tasks = jax.device_put((which, ids, tasks), rows)
+      deltas, losses = self._cohort(versions, which, root_key, ids, tasks,
+                                    data)
       losses = np.asarray(losses)
-      return list(zip(unstack_tree(deltas, p)[:n], losses[:n]))
+      return [(Row(deltas, i), losses[i]) for i in range(n)]
     out = []
     for params, cid, tidx in zip(start_params, client_ids, task_indices):
       cid = np.int32(cid)
@@ -215,6 +306,8 @@ class Backend:
       for _ in range(self.fns.local_steps):
         state = self._step(state, data, cid)
       delta, loss = self._final(state, params)
+      if self._pool is not None:  # keep this worker's core busy in turn
+        jax.block_until_ready(delta)
       out.append((delta, loss))
     return out
 
@@ -244,6 +337,29 @@ def resolve_backend(kind: str, platform: str | None = None,
   if platform == "cpu":
     return "loop" if has_conv else "vmap"
   return "vmap"
+
+
+def _cpu_cores() -> int:
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
+def resolve_workers(workers: int, platform: str | None = None) -> int:
+  """0 (auto) -> this process's CPU cores on CPU, 1 on accelerators."""
+  if workers:
+    return workers
+  platform = platform or jax.default_backend()
+  return _cpu_cores() if platform == "cpu" else 1
+
+
+def resolve_chunk(chunk: int, platform: str | None = None) -> int:
+  """0 (auto) -> 8 clients per lax.map step on CPU (measured best for the
+  MLP workload, benchmarks/NOTES.md), the whole cohort on accelerators."""
+  if chunk:
+    return chunk
+  platform = platform or jax.default_backend()
+  return 8 if platform == "cpu" else 0
 
 
 def bucket_size(n: int) -> int:

@@ -13,6 +13,7 @@ import jax
 import jax.flatten_util
 import numpy as np
 
+from afl import client as client_lib
 from afl import compression
 
 
@@ -39,7 +40,7 @@ class Communication:
     self.stats.add_up(self.up_bytes)
     if not self.active:
       return delta
-    flat = jax.flatten_util.ravel_pytree(delta)[0]
+    flat = jax.flatten_util.ravel_pytree(client_lib.as_tree(delta))[0]
     residual = self.store.get(client_id, self.dim)
     sent, new_residual = self._compress(flat, residual)
     if self.feedback:

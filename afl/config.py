@@ -111,6 +111,12 @@ class ClientConfig:
   optimizer: str = "sgd"  # any optax alias taking learning_rate
   optimizer_kwargs: dict = dataclasses.field(default_factory=dict)
   backend: str = "auto"  # auto | vmap | loop | debug
+  # Host threads training slices of a cohort side by side; 0 = auto (the
+  # CPU cores on CPU, 1 on accelerators). Results do not depend on it.
+  workers: int = 0
+  # vmap on one device: clients per lax.map step; 0 = auto (8 on CPU, the
+  # whole cohort on accelerators).
+  vmap_chunk: int = 0
   # True: train every dispatched-but-untrained task in one cohort when a
   # result is first needed; False: one task at a time (the reference).
   lazy_batching: bool = True
@@ -121,6 +127,8 @@ class ClientConfig:
     _range(f"{p}.lr", self.lr, 0, lo_open=True)
     _check_optax(f"{p}.optimizer", self.optimizer)
     _choice(f"{p}.backend", self.backend, ("auto", "vmap", "loop", "debug"))
+    _range(f"{p}.workers", self.workers, 0)
+    _range(f"{p}.vmap_chunk", self.vmap_chunk, 0)
 
 
 @dataclasses.dataclass(**_kw)

@@ -117,6 +117,7 @@ class Server:
                      client_id: int = 0, malicious: bool = False):
     """One arrival. Plain FedAsync mixing, or with `robust_window` the
     windowed robust step (module doc). Returns rows dropped as non-finite."""
+    delta = client_lib.as_tree(delta)
     a = self.cfg.mixing_alpha * float(staleness_weight(
         staleness, self.cfg.staleness_fn, self.cfg.staleness_a,
         self.cfg.staleness_b))
@@ -186,7 +187,7 @@ class Server:
       survivors[:n] &= rng.random(n) >= self.secagg.drop_after_masking
     key = jax.random.fold_in(self.key, self.num_aggregations)
     self.num_aggregations += 1
-    stacked = client_lib.stack_trees(*deltas, *([deltas[0]] * pad))
+    stacked = client_lib.stack_rows(list(deltas) + [deltas[0]] * pad)
     return stacked, scales, weights, mask, malicious, survivors, row_ids, key
 
   def _finish(self, info) -> int:

@@ -156,8 +156,12 @@ class Simulation:
             else None)
     if mesh is not None:
       log(f"cohorts sharded over {mesh.devices.size} devices")
-    self.backend = client_lib.Backend(fns, self.backend_kind, mesh)
-    log(f"client backend: {self.backend_kind} (config: {c.backend})")
+    workers = client_lib.resolve_workers(c.workers)
+    self.backend = client_lib.Backend(
+        fns, self.backend_kind, mesh, workers=workers,
+        chunk=client_lib.resolve_chunk(c.vmap_chunk))
+    log(f"client backend: {self.backend_kind} (config: {c.backend}), "
+        f"{self.backend.workers} worker thread(s)")
 
     robust_async = s.mode == "fedasync" and (
         cfg.aggregator.name != "mean" or cfg.trust.enabled

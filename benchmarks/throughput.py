@@ -5,10 +5,13 @@
 
 Each configuration trains a cohort of tasks (distinct clients, each from
 the same start params) with `afl.client.Backend`; the table shows updates/s
-and each backend's ratio to `loop` measured in the same run. `loop` is the
-FedJAX-style baseline (a Python loop of per-client jitted steps, FedJAX's
-`for_each_client` design); `--baseline torch` adds a PyTorch sequential
-client loop (benchmarks/torch_baseline.py).
+and each backend's ratio to `loop:1` measured in the same run. Backends are
+`kind[:workers]`: `loop:1` is the FedJAX-style baseline (a Python loop of
+per-client jitted steps, FedJAX's `for_each_client` design), `vmap:2` the
+vmap backend with two worker threads, and `auto` what afl's default config
+(`client.backend=auto`, `workers=0`, `vmap_chunk=0`) runs on this platform.
+`--baseline torch` adds a PyTorch sequential client loop
+(benchmarks/torch_baseline.py).
 """
 import argparse
 import json
@@ -53,7 +56,17 @@ def _data(shape, num_clients, per_client=64, seed=0, tokens=False,
       offsets=jnp.arange(0, n + 1, per_client, dtype=jnp.int32))
 
 
-def measure(workload, backend, cohort, repeats, min_seconds=1.0):
+def _backend(spec, name):
+  """'auto' or 'kind[:workers]' -> (kind, workers, chunk)."""
+  if spec == "auto":
+    kind = client_lib.resolve_backend(
+        "auto", has_conv=name in models.CONV_MODELS)
+    return kind, client_lib.resolve_workers(0), client_lib.resolve_chunk(0)
+  kind, _, workers = spec.partition(":")
+  return kind, int(workers or 1), client_lib.resolve_chunk(0)
+
+
+def measure(workload, spec, cohort, repeats, min_seconds=1.0):
   name, width, shape, steps, batch = WORKLOADS[workload]
   mcfg = ModelConfig(name=name, width=width, checkpoint="minilm",
                      pooling="mean")
@@ -61,14 +74,15 @@ def measure(workload, backend, cohort, repeats, min_seconds=1.0):
       mcfg, 10, shape, jax.random.PRNGKey(0), log=lambda m: None)
   fns = client_lib.make_client_fns(client_lib.cross_entropy_loss(apply_fn),
                                    optax.sgd(0.05), batch, steps)
-  run = client_lib.Backend(fns, backend)
+  kind, workers, chunk = _backend(spec, name)
+  run = client_lib.Backend(fns, kind, workers=workers, chunk=chunk)
   data = _data(shape, cohort, tokens=name == "bert", frozen=frozen)
   root = jax.random.PRNGKey(1)
   ids = list(range(cohort))
 
   def once(t):
     out = run([params] * cohort, ids, [t] * cohort, root, data)
-    jax.block_until_ready(out[-1][0])
+    jax.block_until_ready(client_lib.as_tree(out[-1][0]))
 
   t0 = time.perf_counter()
   once(0)  # compile + warm-up
@@ -83,7 +97,8 @@ def measure(workload, backend, cohort, repeats, min_seconds=1.0):
       if time.perf_counter() - t0 >= min_seconds:
         break
     best = min(best, (time.perf_counter() - t0) / n)
-  return dict(workload=workload, backend=backend, cohort=cohort,
+  return dict(workload=workload, backend=spec, resolved=f"{kind}:{workers}",
+              chunk=chunk, cohort=cohort,
               updates_per_s=cohort / best, seconds_per_cohort=best,
               compile_s=compile_s)
 
@@ -91,7 +106,7 @@ def measure(workload, backend, cohort, repeats, min_seconds=1.0):
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--workloads", default="cnn,mlp")
-  ap.add_argument("--backends", default="loop,vmap")
+  ap.add_argument("--backends", default="loop:1,vmap:1,auto")
   ap.add_argument("--cohorts", default="8,64")
   ap.add_argument("--repeats", type=int, default=2)
   ap.add_argument("--min-seconds", type=float, default=1.0)
@@ -113,22 +128,25 @@ def main():
       for b in args.backends.split(","):
         rows.append(measure(w, b, c, args.repeats, args.min_seconds))
         r = rows[-1]
-        print(f"  {w:4s} {b:5s} cohort {c:5d}: {r['updates_per_s']:9.1f} "
-              f"updates/s (compile {r['compile_s']:.1f}s)", file=sys.stderr)
+        print(f"  {w:4s} {b:6s} ({r['resolved']}) cohort {c:5d}: "
+              f"{r['updates_per_s']:9.1f} updates/s "
+              f"(compile {r['compile_s']:.1f}s)", file=sys.stderr)
   ref = {(r["workload"], r["cohort"]): r["updates_per_s"]
-         for r in rows if r["backend"] == "loop"}
+         for r in rows if r["backend"] == "loop:1"}
   print(f"\n{jax.devices()[0].device_kind} ({jax.default_backend()}), "
         f"jax {jax.__version__}\n")
   torch_ref = {(r["workload"], r["cohort"]): r["updates_per_s"]
                for r in rows if r["backend"] == "torch"}
-  print("| workload | backend | cohort | updates/s | vs loop | vs torch |")
-  print("|---|---|---|---|---|---|")
+  print("| workload | backend | runs as | cohort | updates/s | vs loop:1 "
+        "| vs torch |")
+  print("|---|---|---|---|---|---|---|")
   for r in rows:
     base = ref.get((r["workload"], r["cohort"]))
     ratio = f"{r['updates_per_s'] / base:.2f}x" if base else "-"
     tb = torch_ref.get((r["workload"], r["cohort"]))
     vs_torch = f"{r['updates_per_s'] / tb:.2f}x" if tb else "-"
-    print(f"| {r['workload']} | {r['backend']} | {r['cohort']} | "
+    print(f"| {r['workload']} | {r['backend']} | {r.get('resolved', '-')} | "
+          f"{r['cohort']} | "
           f"{r['updates_per_s']:.1f} | {ratio} | {vs_torch} |")
   stats = jax.devices()[0].memory_stats() or {}
   peak = stats.get("peak_bytes_in_use")

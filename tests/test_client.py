@@ -43,8 +43,55 @@ def test_backends_agree(model_name):
          for k in ("vmap", "loop", "debug")}
   for k in ("vmap", "debug"):
     for (d1, l1), (d2, l2) in zip(out["loop"], out[k]):
-      chex.assert_trees_all_close(d1, d2, rtol=1e-5, atol=1e-6)
+      chex.assert_trees_all_close(d1, client_lib.as_tree(d2), rtol=1e-5,
+                                  atol=1e-6)
       np.testing.assert_allclose(l1, l2, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind,chunk", [("loop", 0), ("vmap", 0),
+                                        ("vmap", 2)])
+def test_worker_threads_and_chunks_change_no_result(kind, chunk):
+  """Worker threads split the cohort; lax.map chunks split the vmap: the
+  deltas equal one single-threaded vmap/loop over the cohort."""
+  fns, params, data = _setup("cnn", local_steps=2)
+  starts = [params, _shift(params, 0.01), params, params, _shift(params, 1)]
+  ids, tasks = [0, 2, 3, 1, 2], [0, 5, 1, 2, 2]
+  root = jax.random.PRNGKey(7)
+  ref = client_lib.Backend(fns, kind)(starts, ids, tasks, root, data)
+  got = client_lib.Backend(fns, kind, workers=2, chunk=chunk)(
+      starts, ids, tasks, root, data)
+  assert len(got) == len(ref)
+  for (d1, l1), (d2, l2) in zip(ref, got):
+    d1, d2 = client_lib.as_tree(d1), client_lib.as_tree(d2)
+    if kind == "loop":  # the same programs on the same inputs: bitwise
+      chex.assert_trees_all_equal(d1, d2)
+    else:
+      chex.assert_trees_all_close(d1, d2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+
+
+def test_stack_rows_gathers_in_order():
+  tree = {"a": jnp.arange(12.).reshape(4, 3), "b": jnp.arange(4.)}
+  rows = [client_lib.Row(tree, i) for i in (2, 0, 2)]
+  got = client_lib.stack_rows(rows)
+  np.testing.assert_array_equal(got["a"], np.asarray(tree["a"])[[2, 0, 2]])
+  np.testing.assert_array_equal(got["b"], [2., 0., 2.])
+  other = {"a": -jnp.ones((1, 3)), "b": -jnp.ones(1)}
+  mixed = client_lib.stack_rows([rows[0], client_lib.Row(other, 0),
+                                 {"a": jnp.zeros(3), "b": jnp.zeros(())}])
+  np.testing.assert_array_equal(mixed["b"], [2., -1., 0.])
+  np.testing.assert_array_equal(client_lib.as_tree(rows[1])["a"], [0, 1, 2])
+
+
+def test_workers_and_chunk_resolve():
+  assert client_lib.resolve_workers(3, "cpu") == 3
+  assert client_lib.resolve_workers(0, "gpu") == 1
+  assert client_lib.resolve_workers(0, "cpu") >= 1
+  assert client_lib.resolve_chunk(0, "cpu") == 8
+  assert client_lib.resolve_chunk(0, "gpu") == 0
+  assert client_lib.resolve_chunk(5, "gpu") == 5
+  with pytest.raises(ValueError, match="workers"):
+    client_lib.Backend(None, "loop", workers=0)
 
 
 def test_debug_loop_matches_hand_written_sgd():
@@ -77,8 +124,9 @@ def test_results_do_not_depend_on_cohort_position():
   ab = backend([params, params], [1, 2], [0, 0], root, data)
   ba = backend([params, params], [2, 1], [0, 0], root, data)
   alone = backend([params], [2], [0], root, data)
-  chex.assert_trees_all_close(ab[1][0], ba[0][0], alone[0][0], rtol=1e-5,
-                              atol=1e-7)
+  chex.assert_trees_all_close(
+      *[client_lib.as_tree(d) for d in (ab[1][0], ba[0][0], alone[0][0])],
+      rtol=1e-5, atol=1e-7)
 
 
 def test_vmap_pads_to_buckets_without_retracing():
@@ -115,3 +163,17 @@ def test_auto_backend():
   assert client_lib.resolve_backend("auto", "cpu", has_conv=False) == "vmap"
   assert client_lib.resolve_backend("auto", "gpu") == "vmap"
   assert client_lib.resolve_backend("vmap", "cpu") == "vmap"
+
+
+def test_max_pool_2x2_matches_reduce_window():
+  """Values equal flax's reduce_window pool (odd edges dropped); gradients
+  equal where the window maximum is unique (random inputs)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from afl.models import cnn  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 6, 3))
+  ref = lambda a: nn.max_pool(a, (2, 2), (2, 2))
+  np.testing.assert_array_equal(cnn.max_pool_2x2(x), ref(x))
+  w = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 3, 3))
+  g1 = jax.grad(lambda a: (cnn.max_pool_2x2(a) * w).sum())(x)
+  g2 = jax.grad(lambda a: (ref(a) * w).sum())(x)
+  np.testing.assert_array_equal(g1, g2)

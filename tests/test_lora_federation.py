@@ -48,10 +48,10 @@ def _cohort_memory(ckpt, cohort):
       indices=jnp.arange(n, dtype=jnp.int32),
       offsets=jnp.asarray([0, 32, 64], jnp.int32), frozen=base)
   backend = client_lib.Backend(fns, "vmap")
-  stacked = client_lib.stack_trees(*([adapters] * cohort))
+  versions = client_lib.stack_trees(adapters)  # one start version
   ids = np.zeros(cohort, np.int32)
-  compiled = backend._cohort.lower(stacked, jax.random.PRNGKey(1), ids, ids,
-                                   data).compile()
+  compiled = backend._cohort.lower(versions, ids, jax.random.PRNGKey(1), ids,
+                                   ids, data).compile()
   mem = compiled.memory_analysis()
   nbytes = lambda t: sum(x.nbytes for x in jax.tree_util.tree_leaves(t))
   return mem, nbytes(adapters), nbytes(base)
@@ -71,9 +71,10 @@ def test_base_is_not_replicated_across_the_cohort(tmp_path):
     # (a few bytes of tuple bookkeeping cancel in the difference).
     assert m8.output_size_in_bytes - m4.output_size_in_bytes == 4 * (ad + 4)
     assert m4.output_size_in_bytes < 4 * (ad + 4) + 1024 < base
-    # Arguments grow by the adapters of the extra tasks (+ two int32 ids).
+    # Arguments grow by three int32s per extra task (version slot, client
+    # id, task index): tasks index their start version, never copy it.
     growth[name] = m8.argument_size_in_bytes - m4.argument_size_in_bytes
-    assert growth[name] == 4 * (ad + 8)
+    assert growth[name] == 4 * 12
     # The base is an argument once, whatever the cohort.
     assert m4.argument_size_in_bytes >= base
   assert growth["small"] == growth["large"]
