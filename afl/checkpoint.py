@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from afl import client as client_lib
 from afl.scheduler import Task
 
 
@@ -37,37 +38,31 @@ def _arrays(sim) -> dict:
   return dict(
       server=sim.server.state,
       versions={str(v): p for v, p in sim.versions.items()},
-      results={str(s): dict(delta=d, loss=_np(np.float32(l)))
+      results={str(s): dict(delta=client_lib.as_tree(d),
+                            loss=_np(np.float32(l)))
                for s, (d, l) in sim.results.items()},
-      buffer={str(i): d for i, (d, _, _) in enumerate(sim.buffer)},
-      scheduler=dict(slowness=sim.scheduler.slowness,
-                     task_counts=sim.scheduler.task_counts),
+      buffer={str(i): client_lib.as_tree(d)
+              for i, (d, _, _) in enumerate(sim.buffer)},
+      scheduler=sim.scheduler.state_arrays(),
   )
 
 
 def _host(sim, elapsed: float) -> dict:
-  sched = sim.scheduler
   return dict(
       version=sim.version, now=sim.now, elapsed=elapsed,
       last_eval=sim.last_eval,
       refs={str(k): v for k, v in sim.refs.items()},
       version_keys=[str(v) for v in sim.versions],
       result_seqs=[str(s) for s in sim.results],
-      untrained=[list(_task_tuple(t)) for t in sim.untrained],
+      untrained=[list(t) for t in sim.untrained],
       buffer=[[int(s), int(n)] for _, s, n in sim.buffer],
       counters=dict(sim.counters),
       staleness_hist={str(k): v for k, v in sim.staleness_hist.items()},
       since_eval={k: list(v) for k, v in sim.since_eval.items()},
       history=sim.history,
-      heap=[list(_task_tuple(t)) for _, _, t in sched.heap],
-      seq=sched.seq, rng=sched.rng.bit_generator.state,
+      scheduler=sim.scheduler.state_host(),
       extra=sim.extra_host(),
   )
-
-
-def _task_tuple(t: Task):
-  return (t.seq, t.client_id, t.task_index, t.start_version, t.dispatch_time,
-          t.arrival_time, t.dropped)
 
 
 def save(mngr: ocp.CheckpointManager, sim, elapsed: float):
@@ -98,8 +93,7 @@ def restore(mngr: ocp.CheckpointManager, sim, step: int | None = None):
       results={k: dict(delta=p, loss=np.zeros((), np.float32))
                for k in host["result_seqs"]},
       buffer={str(i): p for i in range(len(host["buffer"]))},
-      scheduler=dict(slowness=sim.scheduler.slowness,
-                     task_counts=sim.scheduler.task_counts),
+      scheduler=sim.scheduler.state_arrays(),
   )
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
   restored = mngr.restore(step, args=ocp.args.Composite(
@@ -124,10 +118,7 @@ def restore(mngr: ocp.CheckpointManager, sim, step: int | None = None):
       {int(k): v for k, v in host["staleness_hist"].items()})
   sim.since_eval = collections.defaultdict(list, host["since_eval"])
   sim.history = host["history"]
-  sim.scheduler.load_state_dict(dict(
-      slowness=arrays["scheduler"]["slowness"],
-      task_counts=arrays["scheduler"]["task_counts"], heap=host["heap"],
-      seq=host["seq"], rng=host["rng"]))
+  sim.scheduler.load_state(arrays["scheduler"], host["scheduler"])
   sim.load_extra(extra, host["extra"])
   return host["elapsed"]
 

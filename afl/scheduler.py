@@ -15,27 +15,70 @@ task counters) plus O(in-flight) tasks, so 100k-client runs are cheap.
 """
 from __future__ import annotations
 
-import dataclasses
+from typing import NamedTuple
 import heapq
 
 import numpy as np
 
 from afl.config import SchedulerConfig
 
+_BLOCK = 4096  # random draws made per numpy call
+_new_task = tuple.__new__  # Task(...) without NamedTuple's keyword handling
 
-@dataclasses.dataclass(frozen=True)
-class Task:
+
+class Task(NamedTuple):
+  """One dispatched task; tuples order by (arrival_time, seq), the heap key
+  (seq is unique, so later fields never take part)."""
+  arrival_time: float  # arrival, or drop-out time when `dropped`
   seq: int  # global dispatch counter (tie-break, identity)
   client_id: int
   task_index: int  # this client's own task counter (PRNG fold-in)
   start_version: int
   dispatch_time: float
-  arrival_time: float  # arrival, or drop-out time when `dropped`
   dropped: bool
 
 
+class _Draws:
+  """A numpy generator consumed as Python floats from pre-drawn blocks.
+
+  The state to checkpoint is the generator state before the current block
+  and the position in it: reloading redraws the block and continues
+  bit-identically.
+  """
+
+  def __init__(self, rng: np.random.Generator, draw):
+    self.rng = rng
+    self.draw = draw  # (rng, n) -> [n, k] array
+    self.refill()
+
+  def refill(self):
+    self.state_before = self.rng.bit_generator.state
+    self.rows = self.draw(self.rng, _BLOCK).tolist()
+    self.pos = 0
+
+  def next(self):
+    if self.pos == _BLOCK:
+      self.refill()
+    row = self.rows[self.pos]
+    self.pos += 1
+    return row
+
+  def state_dict(self) -> dict:
+    return dict(state=self.state_before, pos=self.pos)
+
+  def load_state_dict(self, d: dict):
+    self.rng.bit_generator.state = d["state"]
+    self.refill()
+    self.pos = int(d["pos"])
+
+
 class Scheduler:
-  """Dispatches tasks to idle clients and pops them in event order."""
+  """Dispatches tasks to idle clients and pops them in event order.
+
+  Host speed: random numbers come from pre-drawn numpy blocks, the heap
+  holds bare arrival times with the tasks in a dict beside it, per-event
+  work is a few list and dict lookups (benchmarks/scheduler.py).
+  """
 
   def __init__(self, cfg: SchedulerConfig, num_clients: int, concurrency: int,
                local_steps: int, rng: np.random.Generator):
@@ -48,81 +91,147 @@ class Scheduler:
       self.slowness = rng.lognormal(0.0, cfg.heterogeneity, num_clients)
     else:
       self.slowness = np.ones(num_clients)
-    self.task_counts = np.zeros(num_clients, np.int64)
+    self._task_counts = np.zeros(num_clients, np.int64)
+    # Per-client mean work and task counters as lists (fast scalar reads),
+    # made on first dispatch.
+    self._base = self._counts = None
+    self._limit = min(concurrency, num_clients)
     self.busy: set[int] = set()
-    self.heap: list[tuple[float, int, Task]] = []
+    # Event queue: a heap of arrival times (floats compare fastest) and the
+    # task(s) at each time; equal times keep dispatch (= seq) order.
+    self._times: list[float] = []
+    self._at: dict[float, Task | list[Task]] = {}
     self.seq = 0
+    picks_rng, draws_rng = rng.spawn(2)
+    self._picks = _Draws(picks_rng, lambda g, n: g.integers(num_clients,
+                                                            size=n))
+    self._draws = _Draws(draws_rng, self._draw_block)
+
+  def _draw_block(self, g: np.random.Generator, n: int) -> np.ndarray:
+    """[n, 3]: work multiplier (mean 1), network delay, drop-out fraction
+    (negative: no drop-out)."""
+    cfg = self.cfg
+    if cfg.duration_dist == "exponential":
+      work = g.exponential(size=n)
+    elif cfg.duration_dist == "lognormal":
+      sig = cfg.duration_sigma
+      work = g.lognormal(-0.5 * sig * sig, sig, n)
+    else:
+      work = np.ones(n)
+    delay = (g.exponential(cfg.network_delay, n) if cfg.network_delay
+             else np.zeros(n))
+    drop = g.random(n) < cfg.dropout_prob
+    frac = np.where(drop, g.random(n), -1.0)
+    return np.stack([work, delay, frac], 1)
 
   @property
   def in_flight(self) -> int:
-    return len(self.heap)
+    return len(self._times)
+
+  def tasks(self) -> list[Task]:
+    """The tasks in flight, in event order."""
+    out = []
+    for entry in self._at.values():
+      out.extend(entry if type(entry) is list else [entry])  # pylint: disable=unidiomatic-typecheck
+    return sorted(out)
 
   def _pick_idle(self) -> int:
     # Rejection sampling is O(1) expected while in-flight << num_clients;
     # fall back to an explicit draw from the idle set otherwise.
-    if len(self.busy) * 2 <= self.num_clients:
+    busy = self.busy
+    if len(busy) * 2 <= self.num_clients:
+      p = self._picks
       while True:
-        c = int(self.rng.integers(self.num_clients))
-        if c not in self.busy:
+        if p.pos == _BLOCK:
+          p.refill()
+        c = p.rows[p.pos]
+        p.pos += 1
+        if c not in busy:
           return c
     idle = np.setdiff1d(np.arange(self.num_clients),
-                        np.fromiter(self.busy, np.int64))
-    return int(idle[self.rng.integers(len(idle))])
-
-  def _duration(self, client_id: int) -> float:
-    cfg = self.cfg
-    base = self.local_steps * cfg.step_time * self.slowness[client_id]
-    if cfg.duration_dist == "exponential":
-      work = base * self.rng.exponential()
-    elif cfg.duration_dist == "lognormal":
-      s = cfg.duration_sigma
-      work = base * self.rng.lognormal(-0.5 * s * s, s)  # mean 1
-    else:
-      work = base
-    delay = self.rng.exponential(cfg.network_delay) if cfg.network_delay else 0.
-    return float(work + delay)
+                        np.fromiter(busy, np.int64))
+    return int(idle[self._picks.next() % len(idle)])
 
   def dispatch(self, now: float, version: int) -> Task:
     """Starts a task on an idle client, at virtual time `now`."""
-    if len(self.busy) >= min(self.concurrency, self.num_clients):
+    busy = self.busy
+    if len(busy) >= self._limit:
       raise RuntimeError("concurrency limit reached; pop an event first")
+    if self._base is None:
+      self._base = (self.local_steps * self.cfg.step_time
+                    * self.slowness).tolist()
+      self._counts = self.task_counts.tolist()
     cid = self._pick_idle()
-    duration = self._duration(cid)
-    dropped = bool(self.cfg.dropout_prob > 0
-                   and self.rng.random() < self.cfg.dropout_prob)
+    d = self._draws
+    if d.pos == _BLOCK:
+      d.refill()
+    work, delay, frac = d.rows[d.pos]
+    d.pos += 1
+    duration = self._base[cid] * work + delay
+    dropped = frac >= 0.0
     if dropped:
-      duration *= self.rng.random()
-    task = Task(seq=self.seq, client_id=cid,
-                task_index=int(self.task_counts[cid]), start_version=version,
-                dispatch_time=now, arrival_time=now + duration,
-                dropped=dropped)
+      duration *= frac
+    counts = self._counts
+    task = _new_task(Task, (now + duration, self.seq, cid, counts[cid],
+                            version, now, dropped))
     self.seq += 1
-    self.task_counts[cid] += 1
-    self.busy.add(cid)
-    heapq.heappush(self.heap, (task.arrival_time, task.seq, task))
+    counts[cid] += 1
+    busy.add(cid)
+    t = task[0]
+    prev = self._at.get(t)
+    if prev is None:
+      self._at[t] = task
+    elif type(prev) is list:  # pylint: disable=unidiomatic-typecheck
+      prev.append(task)
+    else:
+      self._at[t] = [prev, task]
+    heapq.heappush(self._times, t)
     return task
+
+  @property
+  def task_counts(self) -> np.ndarray:
+    """[num_clients] int64: tasks dispatched to each client so far."""
+    if self._counts is not None:
+      return np.asarray(self._counts, np.int64)
+    return self._task_counts
 
   def pop(self) -> Task:
     """Removes and returns the earliest event; its client becomes idle."""
-    _, _, task = heapq.heappop(self.heap)
+    t = heapq.heappop(self._times)
+    task = self._at.pop(t)
+    if type(task) is list:  # pylint: disable=unidiomatic-typecheck
+      rest = task
+      task = rest.pop(0)
+      if rest:
+        self._at[t] = rest
     self.busy.discard(task.client_id)
     return task
 
   def peek_time(self) -> float:
-    return self.heap[0][0] if self.heap else np.inf
+    return self._times[0] if self._times else np.inf
 
-  # Checkpointing: everything is plain data.
-  def state_dict(self) -> dict:
-    return dict(slowness=self.slowness, task_counts=self.task_counts,
-                heap=[dataclasses.astuple(t) for _, _, t in self.heap],
-                seq=self.seq, rng=self.rng.bit_generator.state)
+  # Checkpointing: arrays (per-client scalars) and JSON-able host state.
+  def state_arrays(self) -> dict:
+    return dict(slowness=self.slowness, task_counts=self.task_counts)
 
-  def load_state_dict(self, d: dict):
-    self.slowness = np.asarray(d["slowness"])
-    self.task_counts = np.asarray(d["task_counts"]).copy()
-    tasks = [Task(*t) for t in d["heap"]]
-    self.heap = [(t.arrival_time, t.seq, t) for t in tasks]
-    heapq.heapify(self.heap)
+  def state_host(self) -> dict:
+    return dict(heap=[list(t) for t in self.tasks()], seq=self.seq,
+                picks=self._picks.state_dict(), draws=self._draws.state_dict())
+
+  def load_state(self, arrays: dict, host: dict):
+    self.slowness = np.asarray(arrays["slowness"])
+    self._task_counts = np.asarray(arrays["task_counts"]).copy()
+    self._base = self._counts = None
+    tasks = [Task(*t) for t in host["heap"]]
+    self._times, self._at = [], {}
+    for task in sorted(tasks):
+      t = task.arrival_time
+      self._times.append(t)
+      prev = self._at.get(t)
+      self._at[t] = (task if prev is None else
+                     (prev if type(prev) is list else [prev]) + [task])  # pylint: disable=unidiomatic-typecheck
+    heapq.heapify(self._times)
     self.busy = {t.client_id for t in tasks}
-    self.seq = int(d["seq"])
-    self.rng.bit_generator.state = d["rng"]
+    self.seq = int(host["seq"])
+    self._picks.load_state_dict(host["picks"])
+    self._draws.load_state_dict(host["draws"])

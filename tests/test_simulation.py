@@ -118,6 +118,6 @@ def test_max_staleness_drops_updates():
 
 def test_no_version_kept_without_reference():
   sim, _ = _run(**{"server.mode": "fedasync", "stop.max_versions": 30})
-  live = {t.start_version for _, _, t in sim.scheduler.heap}
+  live = {t.start_version for t in sim.scheduler.tasks()}
   assert set(sim.versions) <= live | {sim.version}
   assert len(sim.versions) <= sim.cfg.concurrency + 1
