@@ -239,6 +239,7 @@ class Backend:
     self.fns = fns
     self.mesh = mesh
     self.workers = 1 if kind == "debug" else workers
+    self.chunk = chunk
     self._pool = (concurrent.futures.ThreadPoolExecutor(self.workers)
                   if self.workers > 1 else None)
     options = ({"xla_cpu_multi_thread_eigen": False}
@@ -258,10 +259,14 @@ class Backend:
   def __call__(self, start_params, client_ids, task_indices, root_key,
                data: ClientData):
     n = len(start_params)
-    if self._pool is None or n < 2:
+    # vmap slices get at least one full lax.map chunk each (small cohorts
+    # are not worth another compiled bucket size).
+    slices = min(self.workers,
+                 n // max(self.chunk, 1) if self.kind == "vmap" else n)
+    if self._pool is None or slices < 2:
       return self._train(start_params, client_ids, task_indices, root_key,
                          data)
-    bounds = np.linspace(0, n, min(self.workers, n) + 1).astype(int)
+    bounds = np.linspace(0, n, slices + 1).astype(int)
     futures = [self._pool.submit(self._train, start_params[lo:hi],
                                  client_ids[lo:hi], task_indices[lo:hi],
                                  root_key, data)

@@ -73,14 +73,17 @@ class Server:
                dp_clip: float | None = None, dp_noise: float = 0.0,
                secagg: SecAggConfig | None = None, key=None, seed: int = 0,
                update_attack=None, trust_cfg=None, num_clients: int = 0,
-               norm_clip: float = 0.0, robust_window: int = 0):
+               norm_clip: float = 0.0, robust_window: int = 0,
+               mesh=None):
     """Args (keyword): `dp_clip`/`dp_noise` turn on server (user-level) DP;
     `secagg` routes the buffer through simulated secure aggregation; `key`
     seeds their randomness (folded with the version); `update_attack` is an
     afl.attacks update attack run on malicious rows; `trust_cfg` (a
     TrustConfig) turns on trust scores for `num_clients` clients;
     `norm_clip` > 0 clips every update first; `robust_window` > 0 makes
-    fedasync aggregate its last `robust_window` arrivals (module doc)."""
+    fedasync aggregate its last `robust_window` arrivals (module doc);
+    `mesh` (1-D, axis "clients"): coordinate-wise aggregators then shard
+    the parameter axis over its devices."""
     self.cfg = cfg
     self.capacity = capacity  # buffer rows (fixed shape)
     self.dp_clip = dp_clip
@@ -103,6 +106,7 @@ class Server:
     self.trust_cfg = trust_cfg
     self.trust = trust_lib.trust_init(num_clients) if trust_cfg else None
     self.norm_clip = norm_clip
+    self.mesh = mesh
     self.window = []  # fedasync robust window: (delta, staleness, id, bad)
     self.robust_window = robust_window
     self._mix = jax.jit(_mix)
@@ -235,9 +239,14 @@ class Server:
       if trust is not None:
         weights = weights * trust_lib.trust_weights(trust, ids,
                                                     self.trust_cfg)
-      agg_tree, agg_state = self.aggregator.apply(
-          jax.vmap(unravel)(flat), weights, valid, state.agg_state)
-      agg = ravel(agg_tree)
+      kernel = self.aggregator.coordinatewise
+      if self.mesh is not None and kernel is not None:
+        agg = aggregators.reshard_coordinatewise(kernel, flat, weights,
+                                                 valid, self.mesh, "clients")
+      else:
+        agg_tree, agg_state = self.aggregator.apply(
+            jax.vmap(unravel)(flat), weights, valid, state.agg_state)
+        agg = ravel(agg_tree)
     info = dict(non_finite=jnp.sum(mask & ~finite))
     if trust is not None:
       rows = valid if trust_rows is None else valid & trust_rows

@@ -178,7 +178,12 @@ class Simulation:
                          secagg=cfg.secagg,
                          key=jax.random.fold_in(root, 2), seed=cfg.seed,
                          update_attack=(atk.update_attack()
-                                        if atk.has_update_attack else None))
+                                        if atk.has_update_attack else None),
+                         mesh=client_lib.client_mesh())
+    if (self.server.mesh is not None
+        and self.server.aggregator.coordinatewise is not None):
+      log(f"aggregation sharded over {self.server.mesh.devices.size} devices"
+          " along the parameter axis")
     self.comm = comm_lib.Communication(cfg.compression, params)
     self.scheduler = Scheduler(cfg.scheduler, cfg.num_clients,
                                cfg.concurrency, c.local_steps, sched_rng)

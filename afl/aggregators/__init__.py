@@ -14,4 +14,4 @@ from afl.aggregators import mean  # noqa: F401
 from afl.aggregators import median  # noqa: F401
 from afl.aggregators import trimmed_mean  # noqa: F401
 from afl.aggregators import trust  # noqa: F401
-from afl.aggregators.base import Aggregator, flatten_updates, get, names, register, valid_rows
+from afl.aggregators.base import Aggregator, flatten_updates, get, names, register, reshard_coordinatewise, valid_rows

@@ -20,6 +20,11 @@ from jax.flatten_util import ravel_pytree
 class Aggregator(NamedTuple):
   init: Callable[[], Any]
   apply: Callable[..., tuple[Any, Any]]
+  # Stateless coordinate-wise rules also give their kernel,
+  # (flat [K, D], weights [K], valid [K]) -> [D], where valid already
+  # excludes non-finite rows; each coordinate depends only on its column,
+  # so the server may shard D over devices (`reshard_coordinatewise`).
+  coordinatewise: Callable[..., jax.Array] | None = None
 
 
 _REGISTRY: dict[str, Callable[..., Aggregator]] = {}
@@ -49,6 +54,22 @@ def flatten_updates(updates):
   _, unravel = ravel_pytree(first)
   flat = jax.vmap(lambda u: ravel_pytree(u)[0])(updates)
   return flat, unravel
+
+
+def reshard_coordinatewise(kernel, flat, weights, valid, mesh, axis: str):
+  """Runs a coordinate-wise kernel with the parameter axis of `flat` split
+  over `mesh` axis `axis`: each device sorts/averages its own columns, no
+  collective inside the kernel; the [D] result is gathered by GSPMD where
+  it is used. D is zero-padded to a multiple of the device count."""
+  n = mesh.shape[axis]
+  d = flat.shape[1]
+  pad = -d % n
+  flat = jnp.pad(flat, ((0, 0), (0, pad)))
+  spec = jax.sharding.PartitionSpec
+  out = jax.shard_map(kernel, mesh=mesh,
+                      in_specs=(spec(None, axis), spec(), spec()),
+                      out_specs=spec(axis))(flat, weights, valid)
+  return out[:d]
 
 
 def valid_rows(flat: jax.Array, mask: jax.Array) -> jax.Array:

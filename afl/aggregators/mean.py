@@ -31,4 +31,4 @@ def mean() -> base.Aggregator:
     valid = base.valid_rows(flat, mask)
     return unravel(weighted_mean_flat(flat, weights, valid)), state
 
-  return base.Aggregator(init, apply)
+  return base.Aggregator(init, apply, coordinatewise=weighted_mean_flat)

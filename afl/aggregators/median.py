@@ -103,11 +103,11 @@ def median(weighted: bool = False) -> base.Aggregator:
 
   def apply(updates, weights, mask, state):
     flat, unravel = base.flatten_updates(updates)
-    valid = base.valid_rows(flat, mask)
-    if weighted:
-      agg = weighted_median_flat(flat, weights, valid)
-    else:
-      agg = median_flat(flat, valid)
-    return unravel(agg), state
+    return unravel(kernel(flat, weights, base.valid_rows(flat, mask))), state
 
-  return base.Aggregator(init, apply)
+  def kernel(flat, weights, valid):
+    if weighted:
+      return weighted_median_flat(flat, weights, valid)
+    return median_flat(flat, valid)
+
+  return base.Aggregator(init, apply, coordinatewise=kernel)

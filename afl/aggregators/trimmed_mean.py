@@ -147,11 +147,11 @@ def trimmed_mean(beta: float = 0.1, weighted: bool = False) -> base.Aggregator:
 
   def apply(updates, weights, mask, state):
     flat, unravel = base.flatten_updates(updates)
-    valid = base.valid_rows(flat, mask)
-    if weighted:
-      agg = weighted_trimmed_mean_flat(flat, weights, valid, beta)
-    else:
-      agg = trimmed_mean_flat(flat, valid, beta)
-    return unravel(agg), state
+    return unravel(kernel(flat, weights, base.valid_rows(flat, mask))), state
 
-  return base.Aggregator(init, apply)
+  def kernel(flat, weights, valid):
+    if weighted:
+      return weighted_trimmed_mean_flat(flat, weights, valid, beta)
+    return trimmed_mean_flat(flat, valid, beta)
+
+  return base.Aggregator(init, apply, coordinatewise=kernel)
