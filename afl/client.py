@@ -238,7 +238,10 @@ class Backend:
     self.kind = kind
     self.fns = fns
     self.mesh = mesh
-    self.workers = 1 if kind == "debug" else workers
+    # One program at a time over a mesh: threads could order collectives
+    # differently on different hosts.
+    self.workers = 1 if kind == "debug" or mesh is not None else workers
+    self._data_key = self._data = None
     self.chunk = chunk
     self._pool = (concurrent.futures.ThreadPoolExecutor(self.workers)
                   if self.workers > 1 else None)
@@ -246,7 +249,12 @@ class Backend:
                if self.workers > 1 and jax.default_backend() == "cpu"
                else None)
     jit = lambda f: jax.jit(f, compiler_options=options)
-    if kind == "vmap":
+    if kind == "vmap" and mesh is not None and jax.process_count() > 1:
+      # Several hosts: every process gets every row of the result, so the
+      # (replicated) server loop reads them as local arrays.
+      self._cohort = jax.jit(_vmap_cohort(fns, 0), out_shardings=(
+          jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())))
+    elif kind == "vmap":
       self._cohort = jit(_vmap_cohort(fns, 0 if mesh is not None else chunk))
     elif kind in ("loop", "debug"):
       wrap = jit if kind == "loop" else (lambda f: f)
@@ -272,6 +280,11 @@ class Backend:
                                  root_key, data)
                for lo, hi in zip(bounds[:-1], bounds[1:])]
     return [r for f in futures for r in f.result()]
+
+  def _replicate(self, tree):
+    everywhere = jax.sharding.NamedSharding(self.mesh,
+                                            jax.sharding.PartitionSpec())
+    return jax.tree_util.tree_map(lambda a: global_array(a, everywhere), tree)
 
   def _train(self, start_params, client_ids, task_indices, root_key, data):
     n = len(start_params)
@@ -299,9 +312,21 @@ class Backend:
       if self.mesh is not None:
         rows = jax.sharding.NamedSharding(
             self.mesh, jax.sharding.PartitionSpec("clients"))
-        which, ids, tasks = jax.device_put((which, ids, tasks), rows)
+        which, ids, tasks = (global_array(a, rows) for a in (which, ids,
+                                                              tasks))
+        if jax.process_count() > 1:  # inputs must be global arrays too
+          versions, root_key = self._replicate((versions, root_key))
+          if self._data_key is not data:
+            self._data_key, self._data = data, self._replicate(data)
+          data = self._data
       deltas, losses = self._cohort(versions, which, root_key, ids, tasks,
                                     data)
+      if self.mesh is not None and jax.process_count() > 1:
+        # Replicated outputs: from here on every process holds its own copy
+        # and runs the (deterministic) server loop on its own devices.
+        deltas, losses = jax.tree_util.tree_map(
+            lambda a: jnp.asarray(np.asarray(a.addressable_data(0))),
+            (deltas, losses))
       losses = np.asarray(losses)
       return [(Row(deltas, i), losses[i]) for i in range(n)]
     out = []
@@ -317,8 +342,18 @@ class Backend:
     return out
 
 
+def global_array(x: np.ndarray, sharding) -> jax.Array:
+  """A host array every process holds in full, placed as one global array:
+  each process fills only the shards of its own devices
+  (`jax.make_array_from_callback`), so the same code runs on one host or
+  many."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
 def client_mesh(devices=None):
-  """A 1-D mesh over all local devices (axis "clients"), or None for one."""
+  """A 1-D mesh (axis "clients") over `devices` (default: all devices, of
+  every process), or None for one device."""
   devices = jax.devices() if devices is None else devices
   if len(devices) < 2:
     return None

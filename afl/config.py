@@ -355,6 +355,8 @@ class DistributedConfig:
       kwargs["num_processes"] = self.num_processes
     if self.process_id >= 0:
       kwargs["process_id"] = self.process_id
+    # CPU devices of several processes talk through gloo (no-op elsewhere).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
 
 

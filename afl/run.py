@@ -49,6 +49,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | None,
   """Validates `config`, runs the simulation, returns the summary."""
   cfg = config_lib.build_config(config)
   cfg.distributed.initialize()
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() > 0:
+    workdir = None  # every process runs the same loop; process 0 writes
   if workdir:
     prepare_workdir(workdir, cfg, overwrite, resume)
   log = _make_logger(workdir)

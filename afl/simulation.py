@@ -179,7 +179,7 @@ class Simulation:
                          key=jax.random.fold_in(root, 2), seed=cfg.seed,
                          update_attack=(atk.update_attack()
                                         if atk.has_update_attack else None),
-                         mesh=client_lib.client_mesh())
+                         mesh=client_lib.client_mesh(jax.local_devices()))
     if (self.server.mesh is not None
         and self.server.aggregator.coordinatewise is not None):
       log(f"aggregation sharded over {self.server.mesh.devices.size} devices"
