@@ -15,8 +15,8 @@ task counters) plus O(in-flight) tasks, so 100k-client runs are cheap.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
 import heapq
+from typing import NamedTuple
 
 import numpy as np
 
@@ -86,15 +86,11 @@ class Scheduler:
     self.num_clients = num_clients
     self.concurrency = concurrency
     self.local_steps = local_steps
-    self.rng = rng
     if cfg.heterogeneity > 0:
-      self.slowness = rng.lognormal(0.0, cfg.heterogeneity, num_clients)
+      slowness = rng.lognormal(0.0, cfg.heterogeneity, num_clients)
     else:
-      self.slowness = np.ones(num_clients)
-    self._task_counts = np.zeros(num_clients, np.int64)
-    # Per-client mean work and task counters as lists (fast scalar reads),
-    # made on first dispatch.
-    self._base = self._counts = None
+      slowness = np.ones(num_clients)
+    self._set_clients(slowness, np.zeros(num_clients, np.int64))
     self._limit = min(concurrency, num_clients)
     self.busy: set[int] = set()
     # Event queue: a heap of arrival times (floats compare fastest) and the
@@ -106,6 +102,39 @@ class Scheduler:
     self._picks = _Draws(picks_rng, lambda g, n: g.integers(num_clients,
                                                             size=n))
     self._draws = _Draws(draws_rng, self._draw_block)
+
+  def _set_clients(self, slowness: np.ndarray, task_counts: np.ndarray):
+    self.slowness = slowness
+    # Task counters as a list: fast scalar reads.
+    self._counts = np.asarray(task_counts).tolist()
+
+  @property
+  def slowness(self) -> np.ndarray:
+    """[num_clients] each client's slowness factor."""
+    return self._slowness
+
+  @slowness.setter
+  def slowness(self, value):
+    self._slowness = np.asarray(value)
+    # Per-client mean work as a list: fast scalar reads in dispatch.
+    self._base = (self.local_steps * self.cfg.step_time
+                  * self._slowness).tolist()
+
+  @property
+  def task_counts(self) -> np.ndarray:
+    """[num_clients] int64: tasks dispatched to each client so far."""
+    return np.asarray(self._counts, np.int64)
+
+  def _push(self, task: Task):
+    t = task[0]
+    prev = self._at.get(t)
+    if prev is None:
+      self._at[t] = task
+    elif type(prev) is list:  # pylint: disable=unidiomatic-typecheck
+      prev.append(task)
+    else:
+      self._at[t] = [prev, task]
+    heapq.heappush(self._times, t)
 
   def _draw_block(self, g: np.random.Generator, n: int) -> np.ndarray:
     """[n, 3]: work multiplier (mean 1), network delay, drop-out fraction
@@ -157,10 +186,6 @@ class Scheduler:
     busy = self.busy
     if len(busy) >= self._limit:
       raise RuntimeError("concurrency limit reached; pop an event first")
-    if self._base is None:
-      self._base = (self.local_steps * self.cfg.step_time
-                    * self.slowness).tolist()
-      self._counts = self.task_counts.tolist()
     cid = self._pick_idle()
     d = self._draws
     if d.pos == _BLOCK:
@@ -177,23 +202,8 @@ class Scheduler:
     self.seq += 1
     counts[cid] += 1
     busy.add(cid)
-    t = task[0]
-    prev = self._at.get(t)
-    if prev is None:
-      self._at[t] = task
-    elif type(prev) is list:  # pylint: disable=unidiomatic-typecheck
-      prev.append(task)
-    else:
-      self._at[t] = [prev, task]
-    heapq.heappush(self._times, t)
+    self._push(task)
     return task
-
-  @property
-  def task_counts(self) -> np.ndarray:
-    """[num_clients] int64: tasks dispatched to each client so far."""
-    if self._counts is not None:
-      return np.asarray(self._counts, np.int64)
-    return self._task_counts
 
   def pop(self) -> Task:
     """Removes and returns the earliest event; its client becomes idle."""
@@ -219,18 +229,11 @@ class Scheduler:
                 picks=self._picks.state_dict(), draws=self._draws.state_dict())
 
   def load_state(self, arrays: dict, host: dict):
-    self.slowness = np.asarray(arrays["slowness"])
-    self._task_counts = np.asarray(arrays["task_counts"]).copy()
-    self._base = self._counts = None
+    self._set_clients(arrays["slowness"], arrays["task_counts"])
     tasks = [Task(*t) for t in host["heap"]]
     self._times, self._at = [], {}
-    for task in sorted(tasks):
-      t = task.arrival_time
-      self._times.append(t)
-      prev = self._at.get(t)
-      self._at[t] = (task if prev is None else
-                     (prev if type(prev) is list else [prev]) + [task])  # pylint: disable=unidiomatic-typecheck
-    heapq.heapify(self._times)
+    for task in sorted(tasks):  # equal times: pushed in seq order
+      self._push(task)
     self.busy = {t.client_id for t in tasks}
     self.seq = int(host["seq"])
     self._picks.load_state_dict(host["picks"])
