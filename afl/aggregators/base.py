@@ -56,6 +56,16 @@ def flatten_updates(updates):
   return flat, unravel
 
 
+def from_kernel(kernel) -> Aggregator:
+  """A stateless coordinate-wise aggregator from its [K, D] -> [D] kernel
+  (see `Aggregator.coordinatewise`); `apply` flattens the updates and drops
+  masked and non-finite rows."""
+  def apply(updates, weights, mask, state):
+    flat, unravel = flatten_updates(updates)
+    return unravel(kernel(flat, weights, valid_rows(flat, mask))), state
+  return Aggregator(lambda: (), apply, coordinatewise=kernel)
+
+
 def reshard_coordinatewise(kernel, flat, weights, valid, mesh, axis: str):
   """Runs a coordinate-wise kernel with the parameter axis of `flat` split
   over `mesh` axis `axis`: each device sorts/averages its own columns, no

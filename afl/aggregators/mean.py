@@ -23,12 +23,4 @@ def mean() -> base.Aggregator:
   >>> float(out["w"][0])
   2.0
   """
-  def init():
-    return ()
-
-  def apply(updates, weights, mask, state):
-    flat, unravel = base.flatten_updates(updates)
-    valid = base.valid_rows(flat, mask)
-    return unravel(weighted_mean_flat(flat, weights, valid)), state
-
-  return base.Aggregator(init, apply, coordinatewise=weighted_mean_flat)
+  return base.from_kernel(weighted_mean_flat)

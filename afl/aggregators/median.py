@@ -98,16 +98,9 @@ def median(weighted: bool = False) -> base.Aggregator:
   >>> float(out["w"][0])
   3.0
   """
-  def init():
-    return ()
-
-  def apply(updates, weights, mask, state):
-    flat, unravel = base.flatten_updates(updates)
-    return unravel(kernel(flat, weights, base.valid_rows(flat, mask))), state
-
   def kernel(flat, weights, valid):
     if weighted:
       return weighted_median_flat(flat, weights, valid)
     return median_flat(flat, valid)
 
-  return base.Aggregator(init, apply, coordinatewise=kernel)
+  return base.from_kernel(kernel)

@@ -142,16 +142,9 @@ def trimmed_mean(beta: float = 0.1, weighted: bool = False) -> base.Aggregator:
   """
   check_beta(beta)
 
-  def init():
-    return ()
-
-  def apply(updates, weights, mask, state):
-    flat, unravel = base.flatten_updates(updates)
-    return unravel(kernel(flat, weights, base.valid_rows(flat, mask))), state
-
   def kernel(flat, weights, valid):
     if weighted:
       return weighted_trimmed_mean_flat(flat, weights, valid, beta)
     return trimmed_mean_flat(flat, valid, beta)
 
-  return base.Aggregator(init, apply, coordinatewise=kernel)
+  return base.from_kernel(kernel)
