@@ -91,7 +91,7 @@ class ClientDP:
 def make_client_fns(loss_fn, optimizer: optax.GradientTransformation,
                     batch_size: int, local_steps: int,
                     dp: ClientDP | None = None,
-                    data_attack=None) -> ClientFns:
+                    data_attack=None, grad_microbatch: int = 0) -> ClientFns:
   """Builds client_init / client_step / client_final.
 
   Args:
@@ -105,11 +105,33 @@ def make_client_fns(loss_fn, optimizer: optax.GradientTransformation,
     data_attack: `afl.attacks` data attack fn(x, y, key, is_malicious);
       applied to every batch, a no-op for honest clients (a mask, not a
       Python branch, so it vmaps).
+    grad_microbatch: non-DP steps: when > 0 and < batch_size, the batch
+      gradient is the mean of the gradients of consecutive micro-batches of
+      this many examples (it must divide batch_size), unrolled in one
+      program. The same gradient up to float rounding (for mean losses), with
+      activations small enough to stay in cache (benchmarks/NOTES.md).
 
   Returns:
     ClientFns whose `final(state, start_params)` gives (delta, mean loss),
     delta = trained params - start params.
   """
+  if grad_microbatch and grad_microbatch < batch_size:
+    if batch_size % grad_microbatch:
+      raise ValueError(f"grad_microbatch={grad_microbatch} must divide "
+                       f"batch_size={batch_size}")
+    parts = batch_size // grad_microbatch
+  else:
+    parts = 1
+
+  def loss_and_grad(params, x, y, frozen):
+    if parts == 1:
+      return jax.value_and_grad(loss_fn)(params, x, y, frozen)
+    m = grad_microbatch
+    out = [jax.value_and_grad(loss_fn)(params, x[i * m:(i + 1) * m],
+                                       y[i * m:(i + 1) * m], frozen)
+           for i in range(parts)]
+    return jax.tree_util.tree_map(lambda *a: sum(a) / parts, *out)
+
   def init(params, root_key, client_id, task_index):
     return ClientState(params=params, opt_state=optimizer.init(params),
                        key=task_key(root_key, client_id, task_index),
@@ -127,7 +149,7 @@ def make_client_fns(loss_fn, optimizer: optax.GradientTransformation,
                          data.malicious[client_id])
     frozen = data.frozen
     if dp is None:
-      loss, grads = jax.value_and_grad(loss_fn)(state.params, x, y, frozen)
+      loss, grads = loss_and_grad(state.params, x, y, frozen)
     else:
       # A key off the sampling stream, so batches match the non-DP run.
       noise_key = jax.random.fold_in(sub, 1)
@@ -400,6 +422,22 @@ def resolve_chunk(chunk: int, platform: str | None = None) -> int:
     return chunk
   platform = platform or jax.default_backend()
   return 8 if platform == "cpu" else 0
+
+
+def resolve_grad_microbatch(microbatch: int, batch_size: int,
+                            platform: str | None = None,
+                            image_conv: bool = True) -> int:
+  """0 (auto) -> micro-batches of 16 examples for afl's image conv nets on
+  CPU when 16 divides a larger batch (their activations then stay in cache:
+  1.03-1.12x the whole-batch step, benchmarks/NOTES.md), else the whole
+  batch (0). Other values are returned as given."""
+  if microbatch:
+    return microbatch
+  platform = platform or jax.default_backend()
+  if (platform == "cpu" and image_conv and batch_size > 16
+      and batch_size % 16 == 0):
+    return 16
+  return 0
 
 
 def bucket_size(n: int) -> int:

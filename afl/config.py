@@ -117,6 +117,11 @@ class ClientConfig:
   # vmap on one device: clients per lax.map step; 0 = auto (8 on CPU, the
   # whole cohort on accelerators).
   vmap_chunk: int = 0
+  # Non-DP steps: the batch gradient as the mean over micro-batches of this
+  # many examples (must divide batch_size; >= batch_size: whole batch);
+  # 0 = auto (16 for afl's conv nets on CPU, else the whole batch). The
+  # same gradient up to float rounding.
+  grad_microbatch: int = 0
   # True: train every dispatched-but-untrained task in one cohort when a
   # result is first needed; False: one task at a time (the reference).
   lazy_batching: bool = True
@@ -129,6 +134,11 @@ class ClientConfig:
     _choice(f"{p}.backend", self.backend, ("auto", "vmap", "loop", "debug"))
     _range(f"{p}.workers", self.workers, 0)
     _range(f"{p}.vmap_chunk", self.vmap_chunk, 0)
+    _range(f"{p}.grad_microbatch", self.grad_microbatch, 0)
+    if 0 < self.grad_microbatch < self.batch_size and (
+        self.batch_size % self.grad_microbatch):
+      _fail(f"{p}.grad_microbatch", f"{self.grad_microbatch} must divide "
+            f"{p}.batch_size={self.batch_size}")
 
 
 @dataclasses.dataclass(**_kw)

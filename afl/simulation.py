@@ -144,12 +144,18 @@ class Simulation:
     capacity = cfg.concurrency if s.mode == "sync" else s.buffer_size
     self.privacy = privacy_lib.PrivacyLedger(cfg, capacity,
                                              self.num_examples, log)
+    client_dp = self.privacy.client_dp()
+    microbatch = 0 if client_dp else client_lib.resolve_grad_microbatch(
+        c.grad_microbatch, c.batch_size,
+        image_conv=cfg.model.name in models.IMAGE_CONV_MODELS)
+    microbatch = microbatch if microbatch < c.batch_size else 0
     fns = client_lib.make_client_fns(
         client_lib.cross_entropy_loss(self.apply_fn),
         make_optimizer(c.optimizer, c.lr, dict(c.optimizer_kwargs)),
-        c.batch_size, c.local_steps, dp=self.privacy.client_dp(),
+        c.batch_size, c.local_steps, dp=client_dp,
         data_attack=(atk.data_attack(ds.num_classes, data_max)
-                     if atk.has_data_attack else None))
+                     if atk.has_data_attack else None),
+        grad_microbatch=microbatch)
     self.backend_kind = client_lib.resolve_backend(
         c.backend, has_conv=cfg.model.name in models.CONV_MODELS)
     mesh = (client_lib.client_mesh() if self.backend_kind == "vmap"
@@ -161,7 +167,9 @@ class Simulation:
         fns, self.backend_kind, mesh, workers=workers,
         chunk=client_lib.resolve_chunk(c.vmap_chunk))
     log(f"client backend: {self.backend_kind} (config: {c.backend}), "
-        f"{self.backend.workers} worker thread(s)")
+        f"{self.backend.workers} worker thread(s)"
+        + (f", gradients in micro-batches of {microbatch}" if microbatch
+           else ""))
 
     robust_async = s.mode == "fedasync" and (
         cfg.aggregator.name != "mean" or cfg.trust.enabled

@@ -10,8 +10,12 @@ and each backend's ratio to `loop:1` measured in the same run. Backends are
 per-client jitted steps, FedJAX's `for_each_client` design), `vmap:2` the
 vmap backend with two worker threads, and `auto` what afl's default config
 (`client.backend=auto`, `workers=0`, `vmap_chunk=0`) runs on this platform.
-`--baseline torch` adds a PyTorch sequential client loop
-(benchmarks/torch_baseline.py).
+On CPU `auto` also takes the micro-batched gradient afl uses for conv
+nets (`client.grad_microbatch`, shown as "mb16"); `kind[:workers]` runs
+whole-batch gradients. `--baseline torch` adds a PyTorch sequential client
+loop (benchmarks/torch_baseline.py). The backends of one workload and
+cohort are timed in interleaved rounds (best of `--repeats`), so their
+ratios come from the same stretch of machine load.
 """
 import argparse
 import json
@@ -56,25 +60,32 @@ def _data(shape, num_clients, per_client=64, seed=0, tokens=False,
       offsets=jnp.arange(0, n + 1, per_client, dtype=jnp.int32))
 
 
-def _backend(spec, name):
-  """'auto' or 'kind[:workers]' -> (kind, workers, chunk)."""
+def _backend(spec, name, batch):
+  """'auto' or 'kind[:workers]' -> (kind, workers, chunk, grad_microbatch);
+  only `auto` takes the CPU micro-batched gradient of conv nets."""
   if spec == "auto":
     kind = client_lib.resolve_backend(
         "auto", has_conv=name in models.CONV_MODELS)
-    return kind, client_lib.resolve_workers(0), client_lib.resolve_chunk(0)
+    micro = client_lib.resolve_grad_microbatch(
+        0, batch, image_conv=name in models.IMAGE_CONV_MODELS)
+    return (kind, client_lib.resolve_workers(0), client_lib.resolve_chunk(0),
+            micro)
   kind, _, workers = spec.partition(":")
-  return kind, int(workers or 1), client_lib.resolve_chunk(0)
+  return kind, int(workers or 1), client_lib.resolve_chunk(0), 0
 
 
-def measure(workload, spec, cohort, repeats, min_seconds=1.0):
+def prepare(workload, spec, cohort):
+  """Builds one configuration; returns (row, once(t)) with the first call
+  (compile + warm-up) timed into row["compile_s"]."""
   name, width, shape, steps, batch = WORKLOADS[workload]
   mcfg = ModelConfig(name=name, width=width, checkpoint="minilm",
                      pooling="mean")
   apply_fn, params, frozen = models.build_model(
       mcfg, 10, shape, jax.random.PRNGKey(0), log=lambda m: None)
+  kind, workers, chunk, micro = _backend(spec, name, batch)
   fns = client_lib.make_client_fns(client_lib.cross_entropy_loss(apply_fn),
-                                   optax.sgd(0.05), batch, steps)
-  kind, workers, chunk = _backend(spec, name)
+                                   optax.sgd(0.05), batch, steps,
+                                   grad_microbatch=micro)
   run = client_lib.Backend(fns, kind, workers=workers, chunk=chunk)
   data = _data(shape, cohort, tokens=name == "bert", frozen=frozen)
   root = jax.random.PRNGKey(1)
@@ -85,22 +96,32 @@ def measure(workload, spec, cohort, repeats, min_seconds=1.0):
     jax.block_until_ready(client_lib.as_tree(out[-1][0]))
 
   t0 = time.perf_counter()
-  once(0)  # compile + warm-up
-  compile_s = time.perf_counter() - t0
-  best = np.inf
-  for r in range(repeats):
-    t0 = time.perf_counter()
-    n = 0
-    while True:
-      once(r + 1 + n)
-      n += 1
-      if time.perf_counter() - t0 >= min_seconds:
-        break
-    best = min(best, (time.perf_counter() - t0) / n)
-  return dict(workload=workload, backend=spec, resolved=f"{kind}:{workers}",
-              chunk=chunk, cohort=cohort,
-              updates_per_s=cohort / best, seconds_per_cohort=best,
-              compile_s=compile_s)
+  once(0)
+  row = dict(workload=workload, backend=spec,
+             resolved=f"{kind}:{workers}" + (f" mb{micro}" if micro else ""),
+             chunk=chunk, grad_microbatch=micro, cohort=cohort,
+             compile_s=time.perf_counter() - t0)
+  return row, once
+
+
+def time_interleaved(entries, repeats, min_seconds):
+  """Best seconds per call of each once(t) over `repeats` rounds; every
+  round times each entry in turn, so load changes on a shared machine hit
+  all of them alike."""
+  best = [np.inf] * len(entries)
+  t = 1
+  for _ in range(repeats):
+    for i, once in enumerate(entries):
+      t0 = time.perf_counter()
+      n = 0
+      while True:
+        once(t)
+        t += 1
+        n += 1
+        if time.perf_counter() - t0 >= min_seconds:
+          break
+      best[i] = min(best[i], (time.perf_counter() - t0) / n)
+  return best
 
 
 def main():
@@ -117,19 +138,21 @@ def main():
   rows = []
   for w in args.workloads.split(","):
     for c in map(int, args.cohorts.split(",")):
+      group = []
       if args.baseline == "torch" and w in ("cnn", "mlp", "cnn_fmnist"):
         import torch_baseline  # pylint: disable=g-import-not-at-top
         name, _, shape, steps, batch = WORKLOADS[w]
-        ups = torch_baseline.updates_per_second(
-            name, shape, steps, batch, c, args.min_seconds, args.repeats)
-        rows.append(dict(workload=w, backend="torch", cohort=c,
-                         updates_per_s=ups, seconds_per_cohort=c / ups,
-                         compile_s=0.0))
-      for b in args.backends.split(","):
-        rows.append(measure(w, b, c, args.repeats, args.min_seconds))
-        r = rows[-1]
-        print(f"  {w:4s} {b:6s} ({r['resolved']}) cohort {c:5d}: "
-              f"{r['updates_per_s']:9.1f} updates/s "
+        group.append((dict(workload=w, backend="torch", cohort=c,
+                           compile_s=0.0),
+                      torch_baseline.cohort_fn(name, shape, steps, batch, c)))
+      group += [prepare(w, b, c) for b in args.backends.split(",")]
+      best = time_interleaved([once for _, once in group], args.repeats,
+                              args.min_seconds)
+      for (r, _), sec in zip(group, best):
+        r.update(updates_per_s=c / sec, seconds_per_cohort=sec)
+        rows.append(r)
+        print(f"  {w:4s} {r['backend']:6s} ({r.get('resolved', '-')}) "
+              f"cohort {c:5d}: {r['updates_per_s']:9.1f} updates/s "
               f"(compile {r['compile_s']:.1f}s)", file=sys.stderr)
   ref = {(r["workload"], r["cohort"]): r["updates_per_s"]
          for r in rows if r.get("resolved") == "loop:1"}

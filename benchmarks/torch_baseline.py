@@ -4,10 +4,9 @@ One model object is reused; for every client the global weights are loaded,
 `local_steps` SGD steps of batch `batch` are taken on random data of the
 client's shard, and the delta is formed — the usual way a PyTorch FL
 simulator (e.g. the seed framework) trains clients one after another.
-torch is optional (CPU wheel); `throughput.py --baseline torch` calls this.
+torch is optional (CPU wheel); `throughput.py --baseline torch` times it in
+the same interleaved rounds as afl's backends.
 """
-import time
-
 import numpy as np
 
 
@@ -38,9 +37,8 @@ def _models(torch):
   return CNN, MLP
 
 
-def updates_per_second(name, shape, steps, batch, cohort, min_seconds=1.0,
-                       repeats=2):
-  """Client-updates/s of the sequential PyTorch loop (best of `repeats`)."""
+def cohort_fn(name, shape, steps, batch, cohort):
+  """once(t): trains one cohort sequentially (after one warm-up cohort)."""
   import torch  # pylint: disable=g-import-not-at-top
   cnn, mlp = _models(torch)
   h, w, c = shape
@@ -53,7 +51,8 @@ def updates_per_second(name, shape, steps, batch, cohort, min_seconds=1.0,
   y = torch.from_numpy(rng.integers(0, 10, cohort * per_client))
   loss_fn = torch.nn.CrossEntropyLoss()
 
-  def one_cohort():
+  def once(t=0):
+    del t
     for client in range(cohort):
       model.load_state_dict(global_state)
       opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -64,15 +63,5 @@ def updates_per_second(name, shape, steps, batch, cohort, min_seconds=1.0,
         opt.step()
       _ = {k: v - global_state[k] for k, v in model.state_dict().items()}
 
-  one_cohort()  # warm-up
-  best = np.inf
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    n = 0
-    while True:
-      one_cohort()
-      n += 1
-      if time.perf_counter() - t0 >= min_seconds:
-        break
-    best = min(best, (time.perf_counter() - t0) / n)
-  return cohort / best
+  once()  # warm-up
+  return once

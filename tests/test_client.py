@@ -10,7 +10,8 @@ from afl import client as client_lib
 from afl import models
 
 
-def _setup(model_name="mlp", local_steps=3, optimizer=None):
+def _setup(model_name="mlp", local_steps=3, optimizer=None,
+           grad_microbatch=0):
   rng = np.random.default_rng(0)
   x = rng.standard_normal((200, 6, 6, 1)).astype(np.float32)
   y = rng.integers(0, 3, 200).astype(np.int32)
@@ -25,7 +26,7 @@ def _setup(model_name="mlp", local_steps=3, optimizer=None):
   fns = client_lib.make_client_fns(
       client_lib.cross_entropy_loss(models.plain_apply(model)),
       optimizer or optax.sgd(0.1, momentum=0.9), batch_size=8,
-      local_steps=local_steps)
+      local_steps=local_steps, grad_microbatch=grad_microbatch)
   return fns, params, data
 
 
@@ -92,6 +93,43 @@ def test_workers_and_chunk_resolve():
   assert client_lib.resolve_chunk(5, "gpu") == 5
   with pytest.raises(ValueError, match="workers"):
     client_lib.Backend(None, "loop", workers=0)
+
+
+@pytest.mark.parametrize("micro", [2, 4])
+def test_grad_microbatch_equals_whole_batch_gradient(micro):
+  """Micro-batched gradients are the whole-batch gradient (mean losses over
+  equal chunks), so trained deltas and losses agree up to rounding."""
+  ref_fns, params, data = _setup("cnn", local_steps=3)
+  fns, _, _ = _setup("cnn", local_steps=3, grad_microbatch=micro)
+  args = ([params, _shift(params, 0.01)], [0, 2], [0, 5],
+          jax.random.PRNGKey(7), data)
+  ref = client_lib.Backend(ref_fns, "loop")(*args)
+  got = client_lib.Backend(fns, "loop")(*args)
+  for (d1, l1), (d2, l2) in zip(ref, got):
+    chex.assert_trees_all_close(d1, d2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+  # The 8 examples really are split: one chunk's gradient differs.
+  assert not np.allclose(
+      client_lib.as_tree(ref[0][0])["params"]["Dense_0"]["bias"],
+      client_lib.as_tree(client_lib.Backend(
+          _setup("cnn", 3, grad_microbatch=8)[0], "loop")(*args)[1][0])[
+              "params"]["Dense_0"]["bias"])
+
+
+def test_grad_microbatch_must_divide_batch():
+  with pytest.raises(ValueError, match="grad_microbatch=3 must divide "
+                     "batch_size=8"):
+    _setup("cnn", grad_microbatch=3)
+
+
+def test_grad_microbatch_resolves():
+  r = client_lib.resolve_grad_microbatch
+  assert r(0, 32, "cpu") == 16
+  assert r(0, 16, "cpu") == 0  # no smaller micro-batch
+  assert r(0, 24, "cpu") == 0  # 16 does not divide 24
+  assert r(0, 32, "cpu", image_conv=False) == 0
+  assert r(0, 32, "gpu") == 0
+  assert r(4, 32, "gpu") == 4
 
 
 def test_debug_loop_matches_hand_written_sgd():
@@ -163,6 +201,30 @@ def test_auto_backend():
   assert client_lib.resolve_backend("auto", "cpu", has_conv=False) == "vmap"
   assert client_lib.resolve_backend("auto", "gpu") == "vmap"
   assert client_lib.resolve_backend("vmap", "cpu") == "vmap"
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((1, 0), (2, 1))])
+def test_patch_conv_matches_lax_conv(padding):
+  """im2col conv = lax.conv_general_dilated: values and both gradients."""
+  from afl.models import cnn  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 6, 3))
+  k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 5))
+  dn = ("NHWC", "HWIO", "NHWC")
+  ref = lambda a, b: jax.lax.conv_general_dilated(
+      a, b, (1, 1), padding, dimension_numbers=dn)
+  got = lambda a, b: cnn.patch_conv(a, b, (1, 1), padding,
+                                    dimension_numbers=dn)
+  np.testing.assert_allclose(got(x, k), ref(x, k), rtol=1e-5, atol=1e-5)
+  w = jax.random.normal(jax.random.PRNGKey(2), ref(x, k).shape)
+  g_ref = jax.grad(lambda a, b: (ref(a, b) * w).sum(), (0, 1))(x, k)
+  g_got = jax.grad(lambda a, b: (got(a, b) * w).sum(), (0, 1))(x, k)
+  for a, b in zip(g_got, g_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  # Strided convs are handed to lax.
+  np.testing.assert_allclose(
+      cnn.patch_conv(x, k, (2, 2), padding, dimension_numbers=dn),
+      jax.lax.conv_general_dilated(x, k, (2, 2), padding,
+                                   dimension_numbers=dn), rtol=1e-6)
 
 
 def test_max_pool_2x2_matches_reduce_window():

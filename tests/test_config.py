@@ -39,6 +39,7 @@ def test_shipped_configs_validate():
     ("client.local_steps", 0, "config.client.local_steps"),
     ("server.mode", "fedavgx", "config.server.mode"),
     ("client.backend", "gpu", "config.client.backend"),
+    ("client.grad_microbatch", 5, "config.client.grad_microbatch"),
     ("client.optimizer", "nosuchopt", "config.client.optimizer"),
     ("data.dirichlet_alpha", 0.0, "config.data.dirichlet_alpha"),
     ("data.partition", "pathological", "config.data.partition"),

@@ -13,7 +13,9 @@ MODELS = {
 }
 
 
-CONV_MODELS = frozenset({"cnn", "cnn_mnist", "resnet8", "resnet20", "vit"})
+# afl's own image conv nets (afl.models.cnn), and every model with convs.
+IMAGE_CONV_MODELS = frozenset({"cnn", "cnn_mnist", "resnet8", "resnet20"})
+CONV_MODELS = IMAGE_CONV_MODELS | {"vit"}
 # HuggingFace families loaded from checkpoints, with LoRA adapters.
 HF_MODELS = frozenset({"bert", "vit"})
 # `model.checkpoint` shortcuts for weights that ship in packages.
