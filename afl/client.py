@@ -153,12 +153,12 @@ def make_client_fns(loss_fn, optimizer: optax.GradientTransformation,
     else:
       # A key off the sampling stream, so batches match the non-DP run.
       noise_key = jax.random.fold_in(sub, 1)
-      loss = loss_fn(state.params, x, y, frozen)
-      grads, _ = dp_lib.dp_sgd_gradient(
+      grads, aux = dp_lib.dp_sgd_gradient(
           lambda p, ex: loss_fn(p, ex[0][None], ex[1][None], frozen),
           state.params,
           (x, y), jnp.ones((batch_size,), bool), noise_key, dp.clip_norm,
           dp.noise_multiplier, dp.microbatch_size)
+      loss = aux["loss"]  # the batch's mean loss, from the per-example pass
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     return ClientState(params=optax.apply_updates(state.params, updates),
                        opt_state=opt_state, key=key,

@@ -130,6 +130,11 @@ def test_dp_sgd_gradient_noiseless_and_aux(kind):
                              rtol=1e-6)
   np.testing.assert_allclose(aux["grad_norm"], np.mean(norms), rtol=1e-5)
   assert int(aux["num_valid"]) == int(np.sum(mask))
+  # The mean loss over valid examples, from the same per-example pass.
+  losses = [float(loss_fn(params, jax.tree_util.tree_map(lambda v: v[i],
+                                                          batch)))
+            for i in np.flatnonzero(np.asarray(mask))]
+  np.testing.assert_allclose(aux["loss"], np.mean(losses), rtol=1e-5)
 
 
 @pytest.mark.parametrize("microbatch_size", [4])
