@@ -12,7 +12,10 @@ import types
 import typing
 from typing import Any
 
-import ml_collections
+try:
+  import ml_collections
+except ImportError:  # bare JAX images (benchmarks/gpu_suite.sh) use only the
+  ml_collections = None  # dataclasses; ConfigDicts cannot exist there
 
 
 class ConfigError(ValueError):
@@ -501,7 +504,7 @@ def _coerce(path: str, value: Any, hint: Any) -> Any:
       _fail(path, f"expected a tuple, got {type(value).__name__} {value!r}")
     return tuple(value)
   if hint is dict:
-    if isinstance(value, ml_collections.ConfigDict):
+    if _is_config_dict(value):
       return value.to_dict()
     if not isinstance(value, dict):
       _fail(path, f"expected a dict, got {type(value).__name__} {value!r}")
@@ -512,6 +515,11 @@ def _coerce(path: str, value: Any, hint: Any) -> Any:
     inner = [a for a in typing.get_args(hint) if a is not type(None)]
     return _coerce(path, value, inner[0]) if len(inner) == 1 else value
   return value
+
+
+def _is_config_dict(value) -> bool:
+  return (ml_collections is not None
+          and isinstance(value, ml_collections.ConfigDict))
 
 
 def _build(cls, cfg, path: str):
@@ -530,7 +538,7 @@ def _build(cls, cfg, path: str):
     sub = f"{path}.{name}" if path else name
     hint = hints[name]
     if dataclasses.is_dataclass(hint):
-      if not isinstance(value, (dict, ml_collections.ConfigDict)):
+      if not (isinstance(value, dict) or _is_config_dict(value)):
         _fail(sub, f"expected a section, got {value!r}")
       kwargs[name] = _build(hint, value, sub)
     else:
@@ -548,6 +556,9 @@ def build_config(cfg: ml_collections.ConfigDict | dict) -> ExperimentConfig:
 def base_config() -> ml_collections.ConfigDict:
   """A ConfigDict holding every key with its default; config files start
   from it so that any key can be overridden with --config.a.b=value."""
+  if ml_collections is None:
+    raise ImportError("afl.config.base_config needs ml-collections: "
+                      "pip install ml-collections")
   return ml_collections.ConfigDict(dataclasses.asdict(ExperimentConfig()))
 
 

@@ -6,7 +6,9 @@
 # package is installed) at cohorts 64..4096 for vmap vs loop, aggregation
 # kernel times, DP-SGD overhead, and peak device memory; writes JSON to
 # OUT_DIR (default benchmarks/out/gpu).
-# NOT YET RUN ON A GPU: no device was lent to the session that wrote it.
+# NOT YET RUN ON A GPU: no device has been lent to this project yet.
+# tests/test_benchmarks.py runs throughput.py with only the packages of a
+# bare JAX image importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-benchmarks/out/gpu}

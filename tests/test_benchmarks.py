@@ -1,0 +1,48 @@
+"""The benchmark scripts run where the GPU suite runs: a bare JAX image."""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+# Packages afl uses that a CUDA JAX image (jax, flax, optax, numpy, scipy)
+# does not have; benchmarks/gpu_suite.sh may carry nothing else.
+_DEV_ONLY = ("ml_collections", "chex", "transformers", "datasets",
+             "dp_accounting", "torch", "tqdm", "matplotlib")
+
+
+def test_throughput_runs_without_dev_packages(tmp_path):
+  out = tmp_path / "t.json"
+  code = (f"import sys, runpy\n"
+          f"for m in {_DEV_ONLY!r}: sys.modules[m] = None\n"
+          f"sys.argv = ['throughput.py', '--workloads', 'mlp', '--backends',"
+          f" 'loop:1,vmap:1', '--cohorts', '2', '--repeats', '1',"
+          f" '--min-seconds', '0', '--out', {str(out)!r}]\n"
+          f"runpy.run_path('benchmarks/throughput.py', run_name='__main__')\n")
+  res = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stderr[-2000:]
+  rows = [l for l in res.stdout.splitlines() if l.startswith("| mlp")]
+  assert len(rows) == 2 and "| 1.00x |" in rows[0], res.stdout
+  assert out.exists()
+
+
+def test_time_interleaved_takes_each_entrys_best_round():
+  import throughput  # pylint: disable=g-import-not-at-top
+  calls = []
+
+  def entry(seconds):
+    def once(t):
+      calls.append(t)
+      time.sleep(seconds)
+    return once
+
+  best = throughput.time_interleaved([entry(0.01), entry(0.03)], repeats=2,
+                                     min_seconds=0.05)
+  assert best[0] == pytest.approx(0.01, rel=0.5)
+  assert best[1] == pytest.approx(0.03, rel=0.5)
+  assert len(calls) == len(set(calls))  # every call gets a fresh t
