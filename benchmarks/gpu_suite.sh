@@ -8,13 +8,18 @@
 # OUT_DIR (default benchmarks/out/gpu).
 # NOT YET RUN ON A GPU: no device has been lent to this project yet.
 # tests/test_benchmarks.py runs throughput.py with only the packages of a
-# bare JAX image importable.
+# bare JAX image importable. An image with jax but without flax/optax gets
+# them from a carried folder (19 MB; checked on a jax-only venv):
+#   pip install --no-deps --target .gpu_deps flax==0.12.8 optax==0.2.8 \
+#     msgpack absl-py pyyaml rich typing_extensions
+# then carry ".gpu_deps"; this script puts it on PYTHONPATH when present.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-benchmarks/out/gpu}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && PY=.venv/bin/python
+[ -d .gpu_deps ] && export PYTHONPATH=$PWD/.gpu_deps${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 $PY -c "import jax; print('devices:', jax.devices())"
 # loop at the largest cohorts would take minutes: it is measured up to 256.
