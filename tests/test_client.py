@@ -226,11 +226,17 @@ def test_patch_conv_matches_lax_conv(padding):
   g_got = jax.grad(lambda a, b: (got(a, b) * w).sum(), (0, 1))(x, k)
   for a, b in zip(g_got, g_ref):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-  # Strided convs are handed to lax.
+  # Strided and channels-first convs are handed to lax.
   np.testing.assert_allclose(
       cnn.patch_conv(x, k, (2, 2), padding, dimension_numbers=dn),
       jax.lax.conv_general_dilated(x, k, (2, 2), padding,
                                    dimension_numbers=dn), rtol=1e-6)
+  nchw = ("NCHW", "OIHW", "NCHW")
+  xc, kc = x.transpose(0, 3, 1, 2), k.transpose(3, 2, 0, 1)
+  np.testing.assert_allclose(
+      cnn.patch_conv(xc, kc, (1, 1), padding, dimension_numbers=nchw),
+      jax.lax.conv_general_dilated(xc, kc, (1, 1), padding,
+                                   dimension_numbers=nchw), rtol=1e-6)
 
 
 def test_max_pool_2x2_matches_reduce_window():
