@@ -430,9 +430,9 @@ def resolve_grad_microbatch(microbatch: int, batch_size: int,
   """0 (auto) -> micro-batches of 16 examples for afl's image conv nets on
   CPU when 16 divides a larger batch (their activations then stay in cache:
   1.03-1.12x the whole-batch step, benchmarks/NOTES.md), else the whole
-  batch (0). Other values are returned as given."""
+  batch (0). Other values are returned as given, >= batch_size as 0."""
   if microbatch:
-    return microbatch
+    return microbatch if microbatch < batch_size else 0
   platform = platform or jax.default_backend()
   if (platform == "cpu" and image_conv and batch_size > 16
       and batch_size % 16 == 0):

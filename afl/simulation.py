@@ -148,7 +148,6 @@ class Simulation:
     microbatch = 0 if client_dp else client_lib.resolve_grad_microbatch(
         c.grad_microbatch, c.batch_size,
         image_conv=cfg.model.name in models.IMAGE_CONV_MODELS)
-    microbatch = microbatch if microbatch < c.batch_size else 0
     fns = client_lib.make_client_fns(
         client_lib.cross_entropy_loss(self.apply_fn),
         make_optimizer(c.optimizer, c.lr, dict(c.optimizer_kwargs)),

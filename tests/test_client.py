@@ -95,11 +95,11 @@ def test_workers_and_chunk_resolve():
     client_lib.Backend(None, "loop", workers=0)
 
 
-def test_grad_microbatch_equals_whole_batch_gradient(micro=2):
+def test_grad_microbatch_equals_whole_batch_gradient():
   """Micro-batched gradients are the whole-batch gradient (mean losses over
   equal chunks), so trained deltas and losses agree up to rounding."""
   ref_fns, params, data = _setup("cnn", local_steps=2)
-  fns, _, _ = _setup("cnn", local_steps=2, grad_microbatch=micro)
+  fns, _, _ = _setup("cnn", local_steps=2, grad_microbatch=2)
   args = ([params, _shift(params, 0.01)], [0, 2], [0, 5],
           jax.random.PRNGKey(7), data)
   ref = client_lib.Backend(ref_fns, "loop")(*args)
