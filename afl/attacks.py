@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from afl.validate import ConfigError
+
 KINDS = ("none", "label_flip", "backdoor", "gaussian", "sign_flip", "scaling",
          "alie", "ipm")
 DATA_KINDS = ("label_flip", "backdoor")
@@ -524,14 +526,6 @@ def make_update_attack(kind: str, *, std: float = 1.0, scale: float = 1.0,
 # Config.
 
 
-def _config_error(msg: str) -> ValueError:
-  # afl.config may import this module; import lazily to avoid a cycle, and
-  # raise its ConfigError (a ValueError) so launch.py prints one line.
-  try:
-    from afl.config import ConfigError  # pylint: disable=g-import-not-at-top
-  except ImportError:  # pragma: no cover
-    ConfigError = ValueError  # pylint: disable=invalid-name
-  return ConfigError(msg)
 
 
 def _is_number(v) -> bool:
@@ -576,7 +570,7 @@ class AttackConfig:
   def validate(self, prefix: str = "attack"):
     """Raises ValueError("config.<prefix>.<key>: ...") on a bad value."""
     def fail(key, msg):
-      raise _config_error(f"config.{prefix}.{key}: {msg}")
+      raise ConfigError(f"config.{prefix}.{key}: {msg}")
     if self.kind not in KINDS:
       fail("kind", f"must be one of {list(KINDS)}, got {self.kind!r}")
     if not _is_number(self.fraction) or not 0 <= self.fraction <= 1:
@@ -628,12 +622,12 @@ class AttackConfig:
       return
     for i in self.ids:
       if i >= num_clients:
-        raise _config_error(f"config.{prefix}.ids: id {i} out of range "
+        raise ConfigError(f"config.{prefix}.ids: id {i} out of range "
                             f"[0, {num_clients}) (num_clients={num_clients})")
     uses_target = self.kind == "backdoor" or (
         self.kind == "label_flip" and self.label_flip_mode == "target")
     if uses_target and self.target >= num_classes:
-      raise _config_error(f"config.{prefix}.target: must be < num_classes="
+      raise ConfigError(f"config.{prefix}.target: must be < num_classes="
                           f"{num_classes}, got {self.target}")
 
   def resolved_trigger_value(self, data_max: float) -> float:

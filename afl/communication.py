@@ -53,16 +53,16 @@ class Communication:
                 bytes_total=s["total_bytes"], bytes_per_update=self.up_bytes,
                 residual_clients=len(self.store))
 
-  def state_arrays(self) -> dict:
+  # The checkpoint protocol (afl.state).
+  def state_dict(self):
     if not len(self.store):  # orbax refuses zero-size arrays: a marker row
-      return dict(ids=np.full((1,), -1, np.int64),
-                  residuals=np.zeros((1, 1), np.float32))
-    return self.store.state_dict()
+      arrays = dict(ids=np.full((1,), -1, np.int64),
+                    residuals=np.zeros((1, 1), np.float32))
+    else:
+      arrays = self.store.state_dict()
+    return arrays, self.stats.state_dict()
 
-  def state_host(self) -> dict:
-    return self.stats.state_dict()
-
-  def load_state(self, arrays: dict, host: dict):
+  def load_state_dict(self, arrays: dict, host: dict):
     ids = np.asarray(arrays["ids"])
     self.store.load_state_dict(dict(ids=ids[ids >= 0],
                                     residuals=arrays["residuals"][ids >= 0]))

@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from afl.validate import ConfigError
+
 KINDS = ("none", "topk")
 
 # A top-k budget: an int k over the whole vector, or per-tensor segments
@@ -345,14 +347,6 @@ class CommStats:
 # Config.
 
 
-def _config_error(msg: str) -> ValueError:
-  # Lazy import: afl.config may import this module. ConfigError is a
-  # ValueError that launch.py prints as one line.
-  try:
-    from afl.config import ConfigError  # pylint: disable=g-import-not-at-top
-  except ImportError:  # pragma: no cover
-    ConfigError = ValueError  # pylint: disable=invalid-name
-  return ConfigError(msg)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -376,7 +370,7 @@ class CompressionConfig:
   def validate(self, prefix: str = "compression"):
     """Raises ValueError("config.<prefix>.<key>: ...") on a bad value."""
     def fail(key, msg):
-      raise _config_error(f"config.{prefix}.{key}: {msg}")
+      raise ConfigError(f"config.{prefix}.{key}: {msg}")
     if self.kind not in KINDS:
       fail("kind", f"must be one of {list(KINDS)}, got {self.kind!r}")
     if (isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float))

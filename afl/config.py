@@ -1,41 +1,33 @@
 """ConfigDict -> frozen dataclasses, with one-line errors naming the key.
 
-Only builders read a ConfigDict (STYLE.md #3). `build_config(cfg)` walks the
-dataclass tree below, rejects unknown keys, checks each value's type and
-range, and returns an `ExperimentConfig` that jitted code may close over.
+Only builders read a ConfigDict. `build_config(cfg)` walks the dataclass
+tree below, rejects unknown keys, checks each value's type and range, and
+returns an `ExperimentConfig` that jitted code may close over.
+
+Sections that pick a registered component (`aggregator.name`,
+`server.mode`, ...) are assembled from the registry (`component_section`):
+their keys are the section's own fields plus every registered component's
+parameters, each component validating its own. `stage.<name>.*` holds the
+parameters of each registered pre-aggregation stage.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
-from typing import Any
 
-try:
-  import ml_collections
-except ImportError:  # bare JAX images (benchmarks/gpu_suite.sh) use only the
-  ml_collections = None  # dataclasses; ConfigDicts cannot exist there
+from afl import aggregators
+from afl import attacks
+from afl import compression
+from afl import config_tree
+from afl.server import modes
+from afl.server import stages
+from afl.validate import ConfigError  # noqa: F401  (raised by build_config)
+from afl.validate import choice as _choice
+from afl.validate import fail as _fail
+from afl.validate import in_range as _range
 
-
-class ConfigError(ValueError):
-  """A bad config value; the message is one line naming the key."""
-
-
-def _fail(path: str, msg: str):
-  raise ConfigError(f"config.{path}: {msg}")
-
-
-def _choice(path, value, options):
-  if value not in options:
-    _fail(path, f"must be one of {list(options)}, got {value!r}")
-
-
-def _range(path, value, lo=None, hi=None, lo_open=False):
-  if lo is not None and (value < lo or (lo_open and value == lo)):
-    _fail(path, f"must be {'>' if lo_open else '>='} {lo}, got {value!r}")
-  if hi is not None and value > hi:
-    _fail(path, f"must be <= {hi}, got {value!r}")
+AttackConfig = attacks.AttackConfig
+CompressionConfig = compression.CompressionConfig
 
 
 _kw = dict(frozen=True, kw_only=True)
@@ -145,25 +137,27 @@ class ClientConfig:
 
 
 @dataclasses.dataclass(**_kw)
-class ServerConfig:
+class ServerConfig(config_tree.Component):
+  """`mode` picks an `afl.server.modes` entry; its parameters (buffer_size,
+  mixing_alpha) are keys of this section too."""
+  REGISTRY = modes.REGISTRY
+  SELECTOR = "mode"
   mode: str = "fedbuff"  # fedasync | fedbuff | sync
-  buffer_size: int = 10  # fedbuff: K arrivals per version
   optimizer: str = "sgd"
   optimizer_kwargs: dict = dataclasses.field(default_factory=dict)
   lr: float = 1.0
-  mixing_alpha: float = 0.6  # fedasync
   staleness_fn: str = "polynomial"  # constant | polynomial | hinge
   staleness_a: float = 0.5
   staleness_b: float = 4.0  # hinge threshold
   max_staleness: int = -1  # -1: no cut-off
   weight_by_examples: bool = True
+  # Rows of one client in one aggregation become one row (their weighted
+  # mean): every client counts once in robust rules, trust, DP, secagg.
+  merge_client_rows: bool = True
 
   def validate(self, p):
-    _choice(f"{p}.mode", self.mode, ("fedasync", "fedbuff", "sync"))
-    _range(f"{p}.buffer_size", self.buffer_size, 1)
     _check_optax(f"{p}.optimizer", self.optimizer)
     _range(f"{p}.lr", self.lr, 0, lo_open=True)
-    _range(f"{p}.mixing_alpha", self.mixing_alpha, 0, 1, lo_open=True)
     _choice(f"{p}.staleness_fn", self.staleness_fn,
             ("constant", "polynomial", "hinge"))
     _range(f"{p}.staleness_a", self.staleness_a, 0)
@@ -194,59 +188,26 @@ class SchedulerConfig:
 
 
 @dataclasses.dataclass(**_kw)
-class AggregatorConfig:
-  """`name` picks the kernel; the rest are its parameters (README table)."""
+class AggregatorConfig(config_tree.Component):
+  """`name` picks the aggregator; its parameters (`afl.aggregators.params`)
+  are keys of this section too."""
+  REGISTRY = aggregators.REGISTRY
   name: str = "mean"
-  weighted: bool = False  # median / trimmed_mean / multi_krum: use weights
-  beta: float = 0.1  # trimmed_mean, hybrid: fraction trimmed per side
-  num_byzantine: int = 1  # krum, multi_krum
-  num_selected: int = 2  # multi_krum
-  max_iters: int = 100  # geomed (Weiszfeld)
-  tol: float = 1e-6  # geomed
-  eps: float = 1e-6  # geomed smoothing
-  tau: float = 1.0  # centered_clip radius
-  iters: int = 3  # centered_clip
-  clip_multiplier: float = 2.0  # hybrid: clip at multiplier x median norm
-  min_trusted: int = 3  # hybrid: below this, fall back to the median
-  weight_threshold: float = 0.5  # hybrid: a row is trusted above this
   norm_clip: float = 0.0  # > 0: clip every update to this L2 norm first
   window: int = 8  # fedasync: robust rule over the last `window` arrivals
+  stages: tuple = ()  # pre-aggregation stages, in order (section `stage`)
 
   def validate(self, p):
-    from afl import aggregators  # pylint: disable=g-import-not-at-top
-    _choice(f"{p}.name", self.name, aggregators.names())
-    _range(f"{p}.beta", self.beta, 0, 0.5)
-    if self.beta == 0.5:
-      _fail(f"{p}.beta", "must be < 0.5 (nothing would be left)")
-    _range(f"{p}.num_byzantine", self.num_byzantine, 0)
-    _range(f"{p}.num_selected", self.num_selected, 1)
-    _range(f"{p}.max_iters", self.max_iters, 1)
-    _range(f"{p}.tol", self.tol, 0)
-    _range(f"{p}.eps", self.eps, 0, lo_open=True)
-    _range(f"{p}.tau", self.tau, 0, lo_open=True)
-    _range(f"{p}.iters", self.iters, 1)
-    _range(f"{p}.clip_multiplier", self.clip_multiplier, 0, lo_open=True)
-    _range(f"{p}.min_trusted", self.min_trusted, 1)
-    _range(f"{p}.weight_threshold", self.weight_threshold, 0)
     _range(f"{p}.norm_clip", self.norm_clip, 0)
     _range(f"{p}.window", self.window, 1)
+    for name in self.stages:
+      _choice(f"{p}.stages", name, stages.REGISTRY.names())
 
-  def kwargs(self) -> dict:
-    """The factory arguments of the chosen aggregator."""
-    return {
-        "mean": {},
-        "median": dict(weighted=self.weighted),
-        "trimmed_mean": dict(beta=self.beta, weighted=self.weighted),
-        "krum": dict(num_byzantine=self.num_byzantine),
-        "multi_krum": dict(num_byzantine=self.num_byzantine,
-                           num_selected=self.num_selected,
-                           weighted=self.weighted),
-        "geomed": dict(max_iters=self.max_iters, tol=self.tol, eps=self.eps),
-        "centered_clip": dict(tau=self.tau, iters=self.iters),
-        "hybrid": dict(clip_multiplier=self.clip_multiplier, beta=self.beta,
-                       min_trusted=self.min_trusted,
-                       weight_threshold=self.weight_threshold),
-    }[self.name]
+
+@dataclasses.dataclass(**_kw)
+class StageSection(config_tree.PerComponent):
+  """`stage.<name>.<key>`: each pre-aggregation stage's parameters."""
+  REGISTRY = stages.REGISTRY
 
 
 @dataclasses.dataclass(**_kw)
@@ -391,10 +352,10 @@ class ExperimentConfig:
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   client: ClientConfig = dataclasses.field(default_factory=ClientConfig)
-  server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
+  server: ServerConfig = config_tree.default(ServerConfig)
   scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)
-  aggregator: AggregatorConfig = dataclasses.field(
-      default_factory=AggregatorConfig)
+  aggregator: AggregatorConfig = config_tree.default(AggregatorConfig)
+  stage: StageSection = config_tree.default(StageSection)
   trust: TrustSection = dataclasses.field(default_factory=TrustSection)
   stop: StopConfig = dataclasses.field(default_factory=StopConfig)
   eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
@@ -405,10 +366,9 @@ class ExperimentConfig:
       default_factory=DistributedConfig)
   dp: DPConfig = dataclasses.field(default_factory=DPConfig)
   secagg: SecAggConfig = dataclasses.field(default_factory=SecAggConfig)
-  attack: "AttackConfig" = dataclasses.field(
-      default_factory=lambda: _attacks().AttackConfig())
-  compression: "CompressionConfig" = dataclasses.field(
-      default_factory=lambda: _compression().CompressionConfig())
+  attack: AttackConfig = config_tree.default(AttackConfig)
+  compression: CompressionConfig = dataclasses.field(
+      default_factory=CompressionConfig)
 
   def validate(self, p):
     _range("seed", self.seed, 0)
@@ -420,33 +380,31 @@ class ExperimentConfig:
     _check_combinations(self)
     del p
 
+  def rows_per_aggregation(self) -> int:
+    """Updates per aggregation of the configured server mode."""
+    return self.server.entry.prop("rows")(self)
+
 
 def _is_text(name: str) -> bool:
   from afl.data import text  # pylint: disable=g-import-not-at-top
   return name in text.CORPORA
 
 
-def _attacks():
-  from afl import attacks  # pylint: disable=g-import-not-at-top
-  return attacks
-
-
-def _compression():
-  from afl import compression  # pylint: disable=g-import-not-at-top
-  return compression
-
-
 def _check_combinations(c: "ExperimentConfig"):
-  """Combinations that make no sense fail here, naming the key to change."""
+  """Combinations that make no sense fail here, naming the key to change.
+  They read component properties (afl.registry), never lists of names."""
   agg = c.aggregator.name
+  linear = "|".join(aggregators.REGISTRY.where("linear"))
+  buffered = "|".join(modes.REGISTRY.where("buffered"))
+  mode = c.server.entry
   if c.dp.mode == "server":
-    if agg != "mean":
+    if not c.aggregator.entry.prop("linear"):
       _fail("dp.mode", f"server DP calibrates noise to the sensitivity of a "
             f"sum of clipped updates, which a {agg!r} aggregate does not have;"
-            f" use aggregator.name=mean or dp.mode=client")
-    if c.server.mode == "fedasync":
+            f" use aggregator.name={linear} or dp.mode=client")
+    if not mode.prop("buffered"):
       _fail("dp.mode", "server DP needs a buffer or round to add noise to; "
-            "use server.mode=fedbuff or sync")
+            f"use server.mode={buffered.replace('|', ' or ')}")
     if c.server.weight_by_examples:
       _fail("server.weight_by_examples", "must be False with dp.mode=server "
             "(example weights would change the sensitivity)")
@@ -459,107 +417,45 @@ def _check_combinations(c: "ExperimentConfig"):
   if c.trust.enabled and c.dp.mode == "server":
     _fail("trust.enabled", "server DP aggregates clipped updates with noise "
           "calibrated to the mean; trust reweighting is not covered by it")
-  if agg in ("krum", "multi_krum"):
-    k = c.server.buffer_size if c.server.mode == "fedbuff" else (
-        c.concurrency if c.server.mode == "sync" else c.aggregator.window)
-    need = 2 * c.aggregator.num_byzantine + 3
-    if k < need:
-      _fail("aggregator.num_byzantine", f"krum needs at least 2f+3={need} "
-            f"updates per aggregation, but this setup aggregates {k}")
+  for section, path in ((c.aggregator, "aggregator"),
+                        (c.server, "server")):
+    check = getattr(section.params, "check", None)
+    if check is not None:
+      check(c, path)
+  private = c.secagg.enabled or c.dp.mode == "server"
+  for name in c.aggregator.stages:
+    if private and not stages.REGISTRY[name].prop("linear"):
+      _fail("aggregator.stages", f"stage {name!r} needs individual updates; "
+            "secure aggregation and server DP see only the clipped sum")
+  if private and not c.server.merge_client_rows:
+    _fail("server.merge_client_rows", "must be True with secagg.enabled or "
+          "dp.mode=server (a client's rows must be one row: one pair of "
+          "masks, one clip norm)")
   if c.secagg.enabled:
-    if agg != "mean":
+    if not c.aggregator.entry.prop("linear"):
       _fail("secagg.enabled", f"secure aggregation only reveals the sum; "
-            f"aggregator {agg!r} needs individual updates (use mean)")
-    if c.server.mode == "fedasync":
+            f"aggregator {agg!r} needs individual updates (use {linear})")
+    if not mode.prop("buffered"):
       _fail("secagg.enabled", "secure aggregation needs several updates per "
-            "aggregation; use server.mode=fedbuff or sync")
+            f"aggregation; use server.mode={buffered.replace('|', ' or ')}")
     if c.server.weight_by_examples:
       _fail("server.weight_by_examples", "must be False with secagg.enabled "
             "(the server cannot weight updates it never sees)")
 
 
-def _coerce(path: str, value: Any, hint: Any) -> Any:
-  """Checks `value` against the annotation `hint`, allowing int -> float."""
-  origin = typing.get_origin(hint)
-  if hint is float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-      _fail(path, f"expected a number, got {type(value).__name__} {value!r}")
-    return float(value)
-  if hint is int:
-    if isinstance(value, bool) or not isinstance(value, int):
-      if isinstance(value, float) and value.is_integer():
-        return int(value)
-      _fail(path, f"expected an integer, got {type(value).__name__} {value!r}")
-    return value
-  if hint is bool:
-    if not isinstance(value, bool):
-      _fail(path, f"expected true/false, got {type(value).__name__} {value!r}")
-    return value
-  if hint is str:
-    if not isinstance(value, str):
-      _fail(path, f"expected a string, got {type(value).__name__} {value!r}")
-    return value
-  if hint is tuple or origin is tuple:
-    if not isinstance(value, (list, tuple)):
-      _fail(path, f"expected a tuple, got {type(value).__name__} {value!r}")
-    return tuple(value)
-  if hint is dict:
-    if _is_config_dict(value):
-      return value.to_dict()
-    if not isinstance(value, dict):
-      _fail(path, f"expected a dict, got {type(value).__name__} {value!r}")
-    return dict(value)
-  if origin is types.UnionType or origin is typing.Union:
-    if value is None and type(None) in typing.get_args(hint):
-      return None
-    inner = [a for a in typing.get_args(hint) if a is not type(None)]
-    return _coerce(path, value, inner[0]) if len(inner) == 1 else value
-  return value
-
-
-def _is_config_dict(value) -> bool:
-  return (ml_collections is not None
-          and isinstance(value, ml_collections.ConfigDict))
-
-
-def _build(cls, cfg, path: str):
-  hints = typing.get_type_hints(
-      cls, localns=dict(AttackConfig=_attacks().AttackConfig,
-                        CompressionConfig=_compression().CompressionConfig))
-  fields = {f.name: f for f in dataclasses.fields(cls)}
-  given = dict(cfg.items()) if cfg is not None else {}
-  for key in given:
-    if key not in fields:
-      where = f"config.{path}.{key}" if path else f"config.{key}"
-      raise ConfigError(f"{where}: unknown key; known keys here: "
-                        f"{sorted(fields)}")
-  kwargs = {}
-  for name, value in given.items():
-    sub = f"{path}.{name}" if path else name
-    hint = hints[name]
-    if dataclasses.is_dataclass(hint):
-      if not (isinstance(value, dict) or _is_config_dict(value)):
-        _fail(sub, f"expected a section, got {value!r}")
-      kwargs[name] = _build(hint, value, sub)
-    else:
-      kwargs[name] = _coerce(sub, value, hint)
-  obj = cls(**kwargs)
-  obj.validate(path)
-  return obj
-
-
-def build_config(cfg: ml_collections.ConfigDict | dict) -> ExperimentConfig:
+def build_config(cfg) -> ExperimentConfig:
   """Validates a ConfigDict into an `ExperimentConfig` (raises ConfigError)."""
-  return _build(ExperimentConfig, cfg, "")
+  return config_tree.build(ExperimentConfig, cfg, "")
 
 
-def base_config() -> ml_collections.ConfigDict:
+def base_config():
   """A ConfigDict holding every key with its default; config files start
   from it so that any key can be overridden with --config.a.b=value."""
-  if ml_collections is None:
+  if config_tree.ml_collections is None:
     raise ImportError("afl.config.base_config needs ml-collections: "
                       "pip install ml-collections")
-  return ml_collections.ConfigDict(dataclasses.asdict(ExperimentConfig()))
+  return config_tree.ml_collections.ConfigDict(
+      dataclasses.asdict(ExperimentConfig()))
 
 
 def to_dict(cfg: ExperimentConfig) -> dict:

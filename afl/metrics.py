@@ -57,10 +57,10 @@ class MetricsWriter:
       self._file.flush()
     self._tb = None
     if workdir and cfg.logging.tensorboard:
-      from afl import report  # pylint: disable=g-import-not-at-top
+      from afl import tensorboard_io  # pylint: disable=g-import-not-at-top
       # Like metrics.jsonl, rewritten from the restored history: purging
       # from step 0 hides whatever earlier event files hold.
-      self._tb = report.TensorBoardWriter(
+      self._tb = tensorboard_io.TensorBoardWriter(
           os.path.join(workdir, "tensorboard"), purge_step=0)
       for record in history or []:
         self._tb.write(record)

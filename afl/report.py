@@ -1,20 +1,17 @@
-"""Run reports (report.md) and TensorBoard event files.
+"""Run reports: report.md from a run's files.
 
 `write_report(workdir)` turns a run's config.json, summary.json,
 metrics.jsonl and malicious.json into a Markdown page with the plots
-embedded. `TensorBoardWriter` writes one scalar per numeric metrics field
-(step = server version) with `tensorboardX`, imported only when used, so
-TensorFlow is never needed; `read_tensorboard` parses the files back.
+embedded. TensorBoard event files are `afl.tensorboard_io`'s.
 """
 from __future__ import annotations
 
 import glob
 import json
 import math
-import numbers
 import os
-import struct
-import time
+
+from afl.run_records import is_number, read_json, read_jsonl
 
 # Settings shown in the report's key table: (dotted key, label, shown when
 # this other dotted key has a value other than the given one, or always).
@@ -68,29 +65,6 @@ def _key_settings(config: dict) -> list[tuple[str, str]]:
 _TRUST_MARKERS = ("trust", "quarantin")
 
 
-def read_json(path: str):
-  """The JSON in `path`, or None when it is missing or unreadable."""
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
-def _read_jsonl(path: str) -> list[dict]:
-  out = []
-  try:
-    with open(path) as f:
-      for line in f:
-        try:
-          out.append(json.loads(line))
-        except ValueError:  # a torn last line of a killed run
-          continue
-  except OSError:
-    pass
-  return out
-
-
 def _get(d: dict | None, dotted: str, default=None):
   for part in dotted.split("."):
     if not isinstance(d, dict) or part not in d:
@@ -116,7 +90,7 @@ def _fmt(x, digits: int = 4) -> str:
 
 
 def _bytes(n) -> str:
-  if not _numeric(n):
+  if not is_number(n):
     return _fmt(n)
   if n < 1024:
     return f"{int(n):,} B"
@@ -150,10 +124,6 @@ def _is_trust_key(k: str) -> bool:
   return any(m in k.lower() for m in _TRUST_MARKERS)
 
 
-def _numeric(x) -> bool:
-  return isinstance(x, numbers.Number) and not isinstance(x, bool)
-
-
 def write_report(workdir: str) -> str:
   """Writes `workdir/report.md` from the run's files; returns its path.
 
@@ -172,7 +142,7 @@ def write_report(workdir: str) -> str:
   """
   config = read_json(os.path.join(workdir, "config.json"))
   summary = read_json(os.path.join(workdir, "summary.json"))
-  history = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  history = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   malicious = read_json(os.path.join(workdir, "malicious.json"))
   if config is None and summary is None and not history:
     raise FileNotFoundError(
@@ -195,7 +165,7 @@ def write_report(workdir: str) -> str:
   best = s.get("best_test_accuracy")
   if best is None and history:
     accs = [h["test_accuracy"] for h in history
-            if _numeric(h.get("test_accuracy"))]
+            if is_number(h.get("test_accuracy"))]
     best = max(accs) if accs else None
   rows = [
       ("final test accuracy", _fmt(s.get("final_test_accuracy",
@@ -300,7 +270,7 @@ def _trust_section(config, summary, history, malicious_ids) -> list[str]:
   keys and metrics fields mentioning trust or quarantine."""
   skeys = [k for k in summary if _is_trust_key(k)]
   mkeys = sorted({k for h in history for k, v in h.items()
-                  if _is_trust_key(k) and _numeric(v)})
+                  if _is_trust_key(k) and is_number(v)})
   if not skeys and not mkeys:
     if _get(config, "trust.enabled"):
       return ["## Trust scores", "", "Enabled, but the run reported no "
@@ -321,7 +291,7 @@ def _trust_section(config, summary, history, malicious_ids) -> list[str]:
     else:
       rows.append((k, _fmt(v)))
   for k in mkeys:
-    vals = [h[k] for h in history if _numeric(h.get(k))]
+    vals = [h[k] for h in history if is_number(h.get(k))]
     if k not in summary:
       rows.append((f"{k} (final / max over evaluations)",
                    f"{_fmt(vals[-1])} / {_fmt(max(vals))}"))
@@ -332,126 +302,3 @@ def _trust_section(config, summary, history, malicious_ids) -> list[str]:
             for h in _thin([h for h in history if any(k in h for k in mkeys)])]
     out += _table(rows, header)
   return out
-
-
-# TensorBoard.
-
-
-class TensorBoardWriter:
-  """Writes metrics records as TensorBoard scalars (tensorboardX, no TF).
-
-  One scalar per numeric field of each record, tagged with the field name,
-  at step = the record's `version`.
-
-  >>> w = TensorBoardWriter("/tmp/afl_tb_doc", purge_step=0)
-  >>> w.write({"version": 0, "test_accuracy": 0.5})
-  >>> w.close()
-  >>> read_tensorboard("/tmp/afl_tb_doc")["test_accuracy"][-1]
-  (0, 0.5)
-  """
-
-  def __init__(self, logdir: str, purge_step: int | None = None):
-    """Args:
-      logdir: the event files' directory (created).
-      purge_step: when set, TensorBoard discards events of earlier files
-        at this step or later; a resumed run passes its first new version
-        so that records written after the checkpoint are not shown twice.
-    """
-    try:
-      # pylint: disable-next=g-import-not-at-top
-      from tensorboardX import SummaryWriter
-    except ImportError as e:
-      raise ImportError("logging.tensorboard needs the tensorboardX package "
-                        "(pip install tensorboardX)") from e
-    os.makedirs(logdir, exist_ok=True)
-    # Files are named by the second they were opened; a unique suffix keeps
-    # a second writer in the same second from truncating the first's file.
-    self._writer = SummaryWriter(
-        logdir, purge_step=purge_step, flush_secs=10,
-        filename_suffix=f".{time.time_ns()}.{os.getpid()}")
-    self.logdir = logdir
-
-  def write(self, record: dict):
-    step = int(record["version"])
-    for key, value in record.items():
-      if key == "version" or not _numeric(value):
-        continue
-      self._writer.add_scalar(key, float(value), step)
-
-  def flush(self):
-    self._writer.flush()
-
-  def close(self):
-    self._writer.close()
-
-
-def write_tensorboard(workdir: str, history: list[dict] | None = None,
-                      logdir: str | None = None) -> str:
-  """Writes `history` (default: workdir/metrics.jsonl) as TensorBoard
-  scalars into `logdir` (default: workdir/tensorboard); returns logdir.
-
-  Earlier events in logdir are superseded (purge from step 0).
-  """
-  if history is None:
-    history = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-  logdir = logdir or os.path.join(workdir, "tensorboard")
-  writer = TensorBoardWriter(logdir, purge_step=0)
-  for record in history:
-    writer.write(record)
-  writer.close()
-  return logdir
-
-
-def _records(path: str):
-  """The payloads of a TFRecord file, checking both CRCs."""
-  # pylint: disable-next=g-import-not-at-top
-  from tensorboardX.record_writer import masked_crc32c
-  with open(path, "rb") as f:
-    data = f.read()
-  pos = 0
-  while pos + 12 <= len(data):
-    header = data[pos:pos + 8]
-    (length,) = struct.unpack("<Q", header)
-    (hcrc,) = struct.unpack("<I", data[pos + 8:pos + 12])
-    if hcrc != masked_crc32c(header):
-      raise ValueError(f"{path}: corrupt record header at byte {pos}")
-    body = data[pos + 12:pos + 12 + length]
-    end = pos + 12 + length + 4
-    if end > len(data):
-      break  # a record cut short by a crash
-    (bcrc,) = struct.unpack("<I", data[end - 4:end])
-    if bcrc != masked_crc32c(body):
-      raise ValueError(f"{path}: corrupt record at byte {pos}")
-    yield body
-    pos = end
-
-
-def read_tensorboard(logdir: str) -> dict[str, list[tuple[int, float]]]:
-  """Reads the scalars of every event file in `logdir` back.
-
-  Files are read in the order they were started; a session-start event
-  with a step (`purge_step`) drops what earlier files logged at that step
-  or later, as TensorBoard does.
-
-  Returns:
-    {tag: [(step, value), ...]} in write order.
-  """
-  # pylint: disable-next=g-import-not-at-top
-  from tensorboardX.proto import event_pb2
-  files = []
-  for path in glob.glob(os.path.join(logdir, "*tfevents*")):
-    events = [event_pb2.Event.FromString(b) for b in _records(path)]
-    if events:
-      files.append((events[0].wall_time, path, events))
-  scalars: dict[str, list[tuple[int, float]]] = {}
-  for _, _, events in sorted(files):
-    for ev in events:
-      if (ev.HasField("session_log")
-          and ev.session_log.status == ev.session_log.START):
-        for tag in scalars:
-          scalars[tag] = [(s, v) for s, v in scalars[tag] if s < ev.step]
-      if ev.HasField("summary"):
-        for v in ev.summary.value:
-          if v.HasField("simple_value"):
-            scalars.setdefault(v.tag, []).append((ev.step, v.simple_value))
-  return scalars

@@ -220,15 +220,14 @@ class Scheduler:
   def peek_time(self) -> float:
     return self._times[0] if self._times else np.inf
 
-  # Checkpointing: arrays (per-client scalars) and JSON-able host state.
-  def state_arrays(self) -> dict:
-    return dict(slowness=self.slowness, task_counts=self.task_counts)
+  # The checkpoint protocol (afl.state): per-client arrays, JSON-able rest.
+  def state_dict(self):
+    return (dict(slowness=self.slowness, task_counts=self.task_counts),
+            dict(heap=[list(t) for t in self.tasks()], seq=self.seq,
+                 picks=self._picks.state_dict(),
+                 draws=self._draws.state_dict()))
 
-  def state_host(self) -> dict:
-    return dict(heap=[list(t) for t in self.tasks()], seq=self.seq,
-                picks=self._picks.state_dict(), draws=self._draws.state_dict())
-
-  def load_state(self, arrays: dict, host: dict):
+  def load_state_dict(self, arrays: dict, host: dict):
     self._set_clients(arrays["slowness"], arrays["task_counts"])
     tasks = [Task(*t) for t in host["heap"]]
     self._times, self._at = [], {}

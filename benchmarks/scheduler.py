@@ -64,10 +64,10 @@ def host_share(config_path, clients, versions):
   c.eval.every_versions = max(1, versions // 4)
   sim = Simulation(build_config(c), None, log=lambda m: None)
   inside = [0.0]
-  sim.backend = _timed(sim.backend, inside)
-  sim.evaluate = _timed(sim.evaluate, inside)
-  sim.server.buffered_apply = _timed(sim.server.buffered_apply, inside)
-  sim.server.fedasync_apply = _timed(sim.server.fedasync_apply, inside)
+  sim.c.backend = _timed(sim.c.backend, inside)
+  sim.c.evaluate = _timed(sim.c.evaluate, inside)
+  for name in ("aggregate", "window_arrival", "mix"):
+    setattr(sim.server, name, _timed(getattr(sim.server, name), inside))
   t0 = time.perf_counter()
   summary = sim.run()
   return time.perf_counter() - t0, inside[0], summary

@@ -4,7 +4,7 @@
   python benchmarks/throughput.py --cohorts 64,256,1024,4096 --out gpu.json
 
 Each configuration trains a cohort of tasks (distinct clients, each from
-the same start params) with `afl.client.Backend`; the table shows updates/s
+the same start params) with `afl.backend.Backend`; the table shows updates/s
 and each backend's ratio to `loop:1` measured in the same run. Backends are
 `kind[:workers]`: `loop:1` is the FedJAX-style baseline (a Python loop of
 per-client jitted steps, FedJAX's `for_each_client` design), `vmap:2` the
@@ -32,6 +32,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from afl import backend as backend_lib  # noqa: E402
 from afl import client as client_lib  # noqa: E402
 from afl import models  # noqa: E402
 from afl.config import ModelConfig  # noqa: E402
@@ -64,14 +65,14 @@ def _backend(spec, name, batch):
   """'auto' or 'kind[:workers]' -> (kind, workers, chunk, grad_microbatch);
   only `auto` takes the CPU micro-batched gradient of conv nets."""
   if spec == "auto":
-    kind = client_lib.resolve_backend(
+    kind = backend_lib.resolve_backend(
         "auto", has_conv=name in models.CONV_MODELS)
-    micro = client_lib.resolve_grad_microbatch(
+    micro = backend_lib.resolve_grad_microbatch(
         0, batch, image_conv=name in models.IMAGE_CONV_MODELS)
-    return (kind, client_lib.resolve_workers(0), client_lib.resolve_chunk(0),
+    return (kind, backend_lib.resolve_workers(0), backend_lib.resolve_chunk(0),
             micro)
   kind, _, workers = spec.partition(":")
-  return kind, int(workers or 1), client_lib.resolve_chunk(0), 0
+  return kind, int(workers or 1), backend_lib.resolve_chunk(0), 0
 
 
 def prepare(workload, spec, cohort):
@@ -86,7 +87,7 @@ def prepare(workload, spec, cohort):
   fns = client_lib.make_client_fns(client_lib.cross_entropy_loss(apply_fn),
                                    optax.sgd(0.05), batch, steps,
                                    grad_microbatch=micro)
-  run = client_lib.Backend(fns, kind, workers=workers, chunk=chunk)
+  run = backend_lib.Backend(fns, kind, workers=workers, chunk=chunk)
   data = _data(shape, cohort, tokens=name == "bert", frozen=frozen)
   root = jax.random.PRNGKey(1)
   ids = list(range(cohort))

@@ -28,8 +28,8 @@ def _final_arrays(workdir):
   c.scheduler.dropout_prob = 0.1
   sim = Simulation(build_config(c), None, log=lambda m: None)
   mngr = checkpoint.manager(workdir, 2)
-  checkpoint.restore(mngr, sim)
-  assert sim.version == 60
+  checkpoint.restore(mngr, sim.components())
+  assert sim.loop.version == 60
   return sim
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+from afl import backend as backend_lib
 from afl import client as client_lib
 from afl import models
 
@@ -40,7 +41,7 @@ def test_backends_agree(model_name):
   starts = [params, _shift(params, 0.01), params]
   ids, tasks = [0, 2, 3], [0, 5, 1]
   root = jax.random.PRNGKey(7)
-  out = {k: client_lib.Backend(fns, k)(starts, ids, tasks, root, data)
+  out = {k: backend_lib.Backend(fns, k)(starts, ids, tasks, root, data)
          for k in ("vmap", "loop", "debug")}
   for k in ("vmap", "debug"):
     for (d1, l1), (d2, l2) in zip(out["loop"], out[k]):
@@ -58,8 +59,8 @@ def test_worker_threads_and_chunks_change_no_result(kind, chunk):
   starts = [params, _shift(params, 0.01), params, params, _shift(params, 1)]
   ids, tasks = [0, 2, 3, 1, 2], [0, 5, 1, 2, 2]
   root = jax.random.PRNGKey(7)
-  ref = client_lib.Backend(fns, kind)(starts, ids, tasks, root, data)
-  got = client_lib.Backend(fns, kind, workers=2, chunk=chunk)(
+  ref = backend_lib.Backend(fns, kind)(starts, ids, tasks, root, data)
+  got = backend_lib.Backend(fns, kind, workers=2, chunk=chunk)(
       starts, ids, tasks, root, data)
   assert len(got) == len(ref)
   for (d1, l1), (d2, l2) in zip(ref, got):
@@ -85,14 +86,14 @@ def test_stack_rows_gathers_in_order():
 
 
 def test_workers_and_chunk_resolve():
-  assert client_lib.resolve_workers(3, "cpu") == 3
-  assert client_lib.resolve_workers(0, "gpu") == 1
-  assert client_lib.resolve_workers(0, "cpu") >= 1
-  assert client_lib.resolve_chunk(0, "cpu") == 8
-  assert client_lib.resolve_chunk(0, "gpu") == 0
-  assert client_lib.resolve_chunk(5, "gpu") == 5
+  assert backend_lib.resolve_workers(3, "cpu") == 3
+  assert backend_lib.resolve_workers(0, "gpu") == 1
+  assert backend_lib.resolve_workers(0, "cpu") >= 1
+  assert backend_lib.resolve_chunk(0, "cpu") == 8
+  assert backend_lib.resolve_chunk(0, "gpu") == 0
+  assert backend_lib.resolve_chunk(5, "gpu") == 5
   with pytest.raises(ValueError, match="workers"):
-    client_lib.Backend(None, "loop", workers=0)
+    backend_lib.Backend(None, "loop", workers=0)
 
 
 def test_grad_microbatch_equals_whole_batch_gradient():
@@ -102,8 +103,8 @@ def test_grad_microbatch_equals_whole_batch_gradient():
   fns, _, _ = _setup("cnn", local_steps=2, grad_microbatch=2)
   args = ([params, _shift(params, 0.01)], [0, 2], [0, 5],
           jax.random.PRNGKey(7), data)
-  ref = client_lib.Backend(ref_fns, "loop")(*args)
-  got = client_lib.Backend(fns, "loop")(*args)
+  ref = backend_lib.Backend(ref_fns, "loop")(*args)
+  got = backend_lib.Backend(fns, "loop")(*args)
   for (d1, l1), (d2, l2) in zip(ref, got):
     chex.assert_trees_all_close(d1, d2, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
@@ -117,7 +118,7 @@ def test_grad_microbatch_splits_the_batch():
   for micro, want in ((0, 8.0), (2, 2.0), (4, 4.0)):
     fns = client_lib.make_client_fns(loss_fn, optax.sgd(1.0), batch_size=8,
                                      local_steps=1, grad_microbatch=micro)
-    (delta, loss), = client_lib.Backend(fns, "debug")(
+    (delta, loss), = backend_lib.Backend(fns, "debug")(
         [{"w": jnp.zeros(())}], [0], [0], jax.random.PRNGKey(0), data)
     assert float(delta["w"]) == -want and float(loss) == 0.0
 
@@ -129,7 +130,7 @@ def test_grad_microbatch_must_divide_batch():
 
 
 def test_grad_microbatch_resolves():
-  r = client_lib.resolve_grad_microbatch
+  r = backend_lib.resolve_grad_microbatch
   assert r(0, 32, "cpu") == 16
   assert r(0, 16, "cpu") == 0  # no smaller micro-batch
   assert r(0, 24, "cpu") == 0  # 16 does not divide 24
@@ -143,7 +144,7 @@ def test_debug_loop_matches_hand_written_sgd():
   fns, params, data = _setup(optimizer=optax.sgd(0.1), local_steps=2)
   cid, tidx = 2, 4
   root = jax.random.PRNGKey(3)
-  [(delta, _)] = client_lib.Backend(fns, "debug")([params], [cid], [tidx],
+  [(delta, _)] = backend_lib.Backend(fns, "debug")([params], [cid], [tidx],
                                                    root, data)
   model = models.make_model("mlp", 3, 8)
   key = jax.random.fold_in(jax.random.fold_in(root, cid), tidx)
@@ -163,7 +164,7 @@ def test_debug_loop_matches_hand_written_sgd():
 
 def test_results_do_not_depend_on_cohort_position():
   fns, params, data = _setup()
-  backend = client_lib.Backend(fns, "vmap")
+  backend = backend_lib.Backend(fns, "vmap")
   root = jax.random.PRNGKey(0)
   ab = backend([params, params], [1, 2], [0, 0], root, data)
   ba = backend([params, params], [2, 1], [0, 0], root, data)
@@ -181,7 +182,7 @@ def test_vmap_pads_to_buckets_without_retracing():
     traced.append(1)
     return fns.step(state, d, cid)
 
-  backend = client_lib.Backend(
+  backend = backend_lib.Backend(
       client_lib.ClientFns(fns.init, counting_step, fns.final,
                            fns.local_steps), "vmap")
   root = jax.random.PRNGKey(0)
@@ -190,7 +191,7 @@ def test_vmap_pads_to_buckets_without_retracing():
   backend([params] * 4, [0, 1, 2, 3], [1, 1, 1, 1], root, data)  # bucket 4
   backend([params] * 3, [3, 1, 2], [2, 2, 2], root, data)
   assert len(traced) == n  # no retrace for the same bucket
-  assert [client_lib.bucket_size(n) for n in (1, 2, 3, 5, 64, 65)] == [
+  assert [backend_lib.bucket_size(n) for n in (1, 2, 3, 5, 64, 65)] == [
       1, 2, 4, 8, 64, 128]
 
 
@@ -203,10 +204,10 @@ def test_loop_step_compiles_once():
 
 
 def test_auto_backend():
-  assert client_lib.resolve_backend("auto", "cpu") == "loop"
-  assert client_lib.resolve_backend("auto", "cpu", has_conv=False) == "vmap"
-  assert client_lib.resolve_backend("auto", "gpu") == "vmap"
-  assert client_lib.resolve_backend("vmap", "cpu") == "vmap"
+  assert backend_lib.resolve_backend("auto", "cpu") == "loop"
+  assert backend_lib.resolve_backend("auto", "cpu", has_conv=False) == "vmap"
+  assert backend_lib.resolve_backend("auto", "gpu") == "vmap"
+  assert backend_lib.resolve_backend("vmap", "cpu") == "vmap"
 
 
 @pytest.mark.parametrize("padding", ["SAME", "VALID", ((1, 0), (2, 1))])

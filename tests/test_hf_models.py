@@ -18,8 +18,9 @@ from safetensors.numpy import save_file
 
 from afl.models import hf_weights
 from afl.models.bert import BertClassifier, BertConfig, BertModel
-from afl.models.hf_weights import (export_hf_weights, load_hf_checkpoint,
-                                   load_pretrained, pretrained_classifier)
+from afl.models.hf_mapping import export_hf_weights
+from afl.models.hf_weights import (load_hf_checkpoint, load_pretrained,
+                                   pretrained_classifier)
 from afl.models.lora import (NO_LORA, LoRAConfig, count_params,
                              merge_lora_weights, split_params)
 from afl.models.vit import ViTConfig, ViTModel

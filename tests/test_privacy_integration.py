@@ -29,12 +29,12 @@ def test_client_dp_without_noise_and_clip_is_plain_sgd():
 
 def test_client_dp_epsilon_matches_accounting():
   sim, s = _run(dp=dict(mode="client", noise_multiplier=1.1, clip_norm=1.0))
-  steps = int(sim.privacy.client_steps.max())
-  q = min(1.0, 8 / int(sim.num_examples.min()))
+  steps = int(sim.c.privacy.client_steps.max())
+  q = min(1.0, 8 / int(sim.c.num_examples.min()))
   assert s["epsilon"] == pytest.approx(accounting.client_dpsgd_epsilon(
       1.1, q, steps, 1e-5))
   # Every arrival spent its client's local steps.
-  assert sim.privacy.client_steps.sum() == 3 * s["client_updates"]
+  assert sim.c.privacy.client_steps.sum() == 3 * s["client_updates"]
 
 
 def test_server_dp_without_noise_equals_clipped_mean():

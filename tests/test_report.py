@@ -1,5 +1,5 @@
-"""afl.report: report.md from a run's files; TensorBoard scalars written with
-tensorboardX and read back."""
+"""afl.report: report.md from a run's files; afl.tensorboard_io: TensorBoard
+scalars written with tensorboardX and read back."""
 import glob
 import importlib.util
 import json
@@ -11,6 +11,7 @@ from afl import config as config_lib
 from afl import metrics as metrics_lib
 from afl import report
 from afl import run as run_lib
+from afl import tensorboard_io
 from configs import tiny
 
 
@@ -134,7 +135,7 @@ needs_tbx = pytest.mark.skipif(
 @needs_tbx
 def test_tensorboard_writer_scalars(tmp_path):
   logdir = str(tmp_path / "tb")
-  w = report.TensorBoardWriter(logdir)
+  w = tensorboard_io.TensorBoardWriter(logdir)
   records = [dict(version=v, test_accuracy=0.5 + 0.125 * v, test_loss=2.0 - v,
                   mean_staleness=None, backend="loop", flag=True,
                   client_updates=3 * v) for v in (0, 2, 4)]
@@ -143,7 +144,7 @@ def test_tensorboard_writer_scalars(tmp_path):
   w.close()
   files = glob.glob(os.path.join(logdir, "events.out.tfevents.*"))
   assert len(files) == 1 and os.path.getsize(files[0]) > 0
-  scalars = report.read_tensorboard(logdir)
+  scalars = tensorboard_io.read_tensorboard(logdir)
   # Numeric fields only; None, strings and booleans are not scalars.
   assert sorted(scalars) == ["client_updates", "test_accuracy", "test_loss"]
   assert scalars["test_accuracy"] == [(0, 0.5), (2, 0.75), (4, 1.0)]
@@ -153,26 +154,26 @@ def test_tensorboard_writer_scalars(tmp_path):
 @needs_tbx
 def test_tensorboard_purge_on_resume(tmp_path):
   logdir = str(tmp_path)
-  w = report.TensorBoardWriter(logdir, purge_step=0)
+  w = tensorboard_io.TensorBoardWriter(logdir, purge_step=0)
   for v in (0, 2, 4):  # 4 was logged after the checkpoint at 2
     w.write(dict(version=v, test_accuracy=v / 8))
   w.close()
-  w = report.TensorBoardWriter(logdir, purge_step=3)  # resumed after 2
+  w = tensorboard_io.TensorBoardWriter(logdir, purge_step=3)  # resumed after 2
   for v in (4, 6):
     w.write(dict(version=v, test_accuracy=v / 8 + 0.25))
   w.close()
   assert len(glob.glob(os.path.join(logdir, "*tfevents*"))) == 2
-  assert report.read_tensorboard(logdir)["test_accuracy"] == [
+  assert tensorboard_io.read_tensorboard(logdir)["test_accuracy"] == [
       (0, 0.0), (2, 0.25), (4, 0.75), (6, 1.0)]
 
 
 @needs_tbx
 def test_write_tensorboard_from_metrics(tiny_run):
   wd, _ = tiny_run
-  logdir = report.write_tensorboard(wd)
+  logdir = tensorboard_io.write_tensorboard(wd)
   assert logdir == os.path.join(wd, "tensorboard")
   history = _history(wd)
-  scalars = report.read_tensorboard(logdir)
+  scalars = tensorboard_io.read_tensorboard(logdir)
   assert [s for s, _ in scalars["test_accuracy"]] == [0, 2, 4]
   for (step, value), h in zip(scalars["test_accuracy"], history):
     assert value == pytest.approx(h["test_accuracy"], rel=1e-6)
@@ -183,7 +184,7 @@ def test_write_tensorboard_from_metrics(tiny_run):
 
 @needs_tbx
 def test_read_tensorboard_detects_corruption(tmp_path):
-  w = report.TensorBoardWriter(str(tmp_path))
+  w = tensorboard_io.TensorBoardWriter(str(tmp_path))
   w.write(dict(version=1, test_accuracy=0.5))
   w.close()
   (path,) = glob.glob(os.path.join(tmp_path, "*tfevents*"))
@@ -192,7 +193,7 @@ def test_read_tensorboard_detects_corruption(tmp_path):
   with open(path, "wb") as f:
     f.write(bytes(data))
   with pytest.raises(ValueError, match="corrupt record"):
-    report.read_tensorboard(str(tmp_path))
+    tensorboard_io.read_tensorboard(str(tmp_path))
 
 
 @needs_tbx
@@ -200,7 +201,7 @@ def test_tensorboard_event_accumulator_agrees(tmp_path):
   """TensorBoard's own reader, where installed, sees the same scalars."""
   ea_mod = pytest.importorskip(
       "tensorboard.backend.event_processing.event_accumulator")
-  w = report.TensorBoardWriter(str(tmp_path))
+  w = tensorboard_io.TensorBoardWriter(str(tmp_path))
   for v in (0, 3):
     w.write(dict(version=v, test_accuracy=0.5 + v / 8))
   w.close()

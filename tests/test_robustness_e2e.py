@@ -46,7 +46,7 @@ def test_backdoor_reports_success_rate_and_malicious_ids(tmp_path):
   assert all("attack_success_rate" in r for r in rows)
   assert 0.0 <= s["attack_success_rate"] <= 1.0
   ids = json.load(open(tmp_path / "w" / "malicious.json"))["ids"]
-  assert ids == np.flatnonzero(sim.malicious).tolist() and len(ids) == 6
+  assert ids == np.flatnonzero(sim.c.malicious).tolist() and len(ids) == 6
 
 
 @pytest.mark.parametrize("aggregator", ["mean", "median"])
@@ -71,7 +71,7 @@ def test_nan_updates_never_reach_the_model(aggregator):
 
 def test_topk_compression_counts_bytes_and_keeps_training():
   sim, s = _run(compression=dict(kind="topk", ratio=0.1))
-  d = sim.num_params
+  d = sim.c.num_params
   k = int(np.ceil(0.1 * d))
   assert s["bytes_per_update"] == k * 8  # float32 value + int32 index
   assert s["bytes_up"] == s["client_updates"] * k * 8

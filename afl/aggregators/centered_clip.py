@@ -9,11 +9,9 @@ Each row can move the center by at most tau * w_i / sum w per step, so
 arbitrarily large rows have bounded influence.
 
 State: the center, a flat [D] float32 vector holding the previous aggregate
-(the paper's momentum center). `init()` returns None, read as the zero
-vector by the first `apply` (D is unknown until updates arrive); every
-`apply` returns the new aggregate as the next state. A jitted caller thus
-traces twice, once with the None state and once with the [D] array. When no
-valid row carries weight, the aggregate is the unchanged center.
+(the paper's momentum center); `init(example_updates)` makes it zero, and
+every `apply` returns the new aggregate as the next state. When no valid
+row carries weight, the aggregate is the unchanged center.
 """
 import functools
 
@@ -21,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from afl.aggregators import base
+from afl.aggregators import base, params
 
 
 @functools.partial(jax.jit, static_argnames="iters")
@@ -55,7 +53,7 @@ def centered_clip_flat(flat: jax.Array, weights: jax.Array, valid: jax.Array,
   return lax.fori_loop(0, iters, step, center.astype(jnp.float32))
 
 
-@base.register("centered_clip")
+@base.register("centered_clip", params=params.CenteredClip)
 def centered_clip(tau: float = 1.0, iters: int = 3) -> base.Aggregator:
   """Centered clipping around the previous aggregate.
 
@@ -64,8 +62,7 @@ def centered_clip(tau: float = 1.0, iters: int = 3) -> base.Aggregator:
     iters: clipping steps per aggregation (>= 1; the paper uses 1-3).
 
   Returns:
-    An `Aggregator` whose state is the flat [D] center (None before the
-    first call, meaning zeros; see the module docstring).
+    An `Aggregator` whose state is the flat [D] center (zeros at first).
 
   Raises:
     ValueError: naming the offending argument.
@@ -77,7 +74,7 @@ def centered_clip(tau: float = 1.0, iters: int = 3) -> base.Aggregator:
   >>> import jax.numpy as jnp
   >>> agg = centered_clip(tau=1.0, iters=1)
   >>> ups = {"w": jnp.array([[0.5], [0.5], [100.0]])}
-  >>> out, state = agg.apply(ups, jnp.ones(3), jnp.ones(3, bool), agg.init())
+  >>> out, state = agg.apply(ups, jnp.ones(3), jnp.ones(3, bool), agg.init(ups))
   >>> round(float(out["w"][0]), 4)  # (0.5 + 0.5 + 1.0) / 3
   0.6667
   """
@@ -86,15 +83,14 @@ def centered_clip(tau: float = 1.0, iters: int = 3) -> base.Aggregator:
   if iters < 1:
     raise ValueError(f"iters must be >= 1, got {iters!r}")
 
-  def init():
-    return None
+  def init(example_updates):
+    flat, _ = base.flatten_updates(example_updates)
+    return jnp.zeros(flat.shape[1], jnp.float32)
 
   def apply(updates, weights, mask, state):
     flat, unravel = base.flatten_updates(updates)
     valid = base.valid_rows(flat, mask)
-    center = (jnp.zeros(flat.shape[1], jnp.float32) if state is None
-              else state)
-    out = centered_clip_flat(flat, weights, valid, center, tau, iters)
+    out = centered_clip_flat(flat, weights, valid, state, tau, iters)
     return unravel(out.astype(flat.dtype)), out
 
   return base.Aggregator(init, apply)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from afl.aggregators import base
+from afl.aggregators import base, params
 from afl.aggregators.mean import weighted_mean_flat
 
 
@@ -67,7 +67,7 @@ def geomed_flat(flat: jax.Array, weights: jax.Array, valid: jax.Array,
   return v.astype(flat.dtype), steps
 
 
-@base.register("geomed")
+@base.register("geomed", params=params.Geomed)
 def geomed(max_iters: int = 100, tol: float = 1e-6,
            eps: float = 1e-6) -> base.Aggregator:
   """Weighted geometric median of the valid updates (smoothed Weiszfeld).
@@ -92,7 +92,7 @@ def geomed(max_iters: int = 100, tol: float = 1e-6,
   >>> import jax.numpy as jnp
   >>> agg = geomed(max_iters=200, tol=1e-9)
   >>> ups = {"w": jnp.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]])}
-  >>> out, _ = agg.apply(ups, jnp.ones(3), jnp.ones(3, bool), agg.init())
+  >>> out, _ = agg.apply(ups, jnp.ones(3), jnp.ones(3, bool), agg.init(ups))
   >>> [round(float(v), 3) for v in out["w"]]
   [1.0, 0.0]
   """
@@ -103,7 +103,8 @@ def geomed(max_iters: int = 100, tol: float = 1e-6,
   if eps <= 0:
     raise ValueError(f"eps must be > 0, got {eps!r}")
 
-  def init():
+  def init(example_updates):
+    del example_updates
     return ()
 
   def apply(updates, weights, mask, state):

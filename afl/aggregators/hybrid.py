@@ -26,13 +26,13 @@ Exact order inside `apply(updates, weights, mask, state)`:
 
 The state is a `HybridState` of diagnostics from the latest call (whether
 the fallback fired, the trusted count, the clip threshold); nothing in it is
-read back, so `init()` only fixes its structure.
+read back, so `init` only fixes its structure.
 """
 import flax.struct
 import jax
 import jax.numpy as jnp
 
-from afl.aggregators import _sortnet, base, clipping
+from afl.aggregators import _sortnet, base, clipping, params
 from afl.aggregators import median as median_lib
 from afl.aggregators import trimmed_mean as trimmed_mean_lib
 
@@ -69,7 +69,7 @@ def hybrid_flat(flat: jax.Array, weights: jax.Array, valid: jax.Array, *,
                           threshold.astype(jnp.float32))
 
 
-@base.register("hybrid")
+@base.register("hybrid", params=params.Hybrid)
 def hybrid(clip_multiplier: float = 2.0, beta: float = 0.1,
            min_trusted: int = 3,
            weight_threshold: float = 0.5) -> base.Aggregator:
@@ -96,7 +96,7 @@ def hybrid(clip_multiplier: float = 2.0, beta: float = 0.1,
   >>> import jax.numpy as jnp
   >>> agg = hybrid(beta=0.2, min_trusted=2)
   >>> ups = {"w": jnp.array([[1.0], [2.0], [3.0], [4.0], [1e6]])}
-  >>> out, st = agg.apply(ups, jnp.ones(5), jnp.ones(5, bool), agg.init())
+  >>> out, st = agg.apply(ups, jnp.ones(5), jnp.ones(5, bool), agg.init(ups))
   >>> float(out["w"][0]), bool(st.used_fallback)  # 1e6 clipped to 6, trimmed
   (3.0, False)
   """
@@ -106,7 +106,8 @@ def hybrid(clip_multiplier: float = 2.0, beta: float = 0.1,
   if min_trusted < 0:
     raise ValueError(f"min_trusted must be >= 0, got {min_trusted!r}")
 
-  def init():
+  def init(example_updates):
+    del example_updates
     return HybridState(jnp.array(False), jnp.array(0, jnp.int32),
                        jnp.array(0.0, jnp.float32))
 

@@ -13,7 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from afl.aggregators import base
+from afl.aggregators import base, params
 
 
 @jax.jit
@@ -97,7 +97,7 @@ def _check(num_byzantine: int, num_selected: int = 1) -> None:
     raise ValueError(f"num_selected must be >= 1, got {num_selected!r}")
 
 
-@base.register("krum")
+@base.register("krum", params=params.Krum)
 def krum(num_byzantine: int = 1) -> base.Aggregator:
   """Krum: the single valid update closest to its n - f - 2 neighbours.
 
@@ -115,13 +115,14 @@ def krum(num_byzantine: int = 1) -> base.Aggregator:
   >>> import jax.numpy as jnp
   >>> agg = krum(num_byzantine=1)
   >>> ups = {"w": jnp.array([[0.0], [0.1], [0.2], [0.3], [50.0]])}
-  >>> out, _ = agg.apply(ups, jnp.ones(5), jnp.ones(5, bool), agg.init())
+  >>> out, _ = agg.apply(ups, jnp.ones(5), jnp.ones(5, bool), agg.init(ups))
   >>> round(float(out["w"][0]), 3)
   0.1
   """
   _check(num_byzantine)
 
-  def init():
+  def init(example_updates):
+    del example_updates
     return ()
 
   def apply(updates, weights, mask, state):
@@ -134,7 +135,7 @@ def krum(num_byzantine: int = 1) -> base.Aggregator:
   return base.Aggregator(init, apply)
 
 
-@base.register("multi_krum")
+@base.register("multi_krum", params=params.MultiKrum)
 def multi_krum(num_byzantine: int = 1, num_selected: int = 2,
                weighted: bool = False) -> base.Aggregator:
   """Multi-Krum: the mean of the `num_selected` best-scoring valid updates.
@@ -155,13 +156,14 @@ def multi_krum(num_byzantine: int = 1, num_selected: int = 2,
   >>> import jax.numpy as jnp
   >>> agg = multi_krum(num_byzantine=1, num_selected=2)
   >>> ups = {"w": jnp.array([[0.0], [0.2], [0.1], [0.35], [50.0]])}
-  >>> out, _ = agg.apply(ups, jnp.ones(5), jnp.ones(5, bool), agg.init())
+  >>> out, _ = agg.apply(ups, jnp.ones(5), jnp.ones(5, bool), agg.init(ups))
   >>> round(float(out["w"][0]), 3)
   0.15
   """
   _check(num_byzantine, num_selected)
 
-  def init():
+  def init(example_updates):
+    del example_updates
     return ()
 
   def apply(updates, weights, mask, state):

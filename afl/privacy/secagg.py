@@ -56,10 +56,6 @@ DEFAULT_SCALE = 2.0 ** 16
 _PAIR_DOMAIN = 0
 _SELF_DOMAIN = 1
 
-# Aggregators that only need the sum of the updates; anything that looks at
-# individual updates (median, trimmed mean, Krum, trust scores) cannot run on
-# masked vectors.
-_SECAGG_AGGREGATORS = ("mean",)
 
 
 def quantize(x: jax.Array, scale=DEFAULT_SCALE) -> jax.Array:
@@ -242,8 +238,8 @@ def secure_sum(
 ) -> jax.Array:
   """Mask then unmask: the sum the server obtains under secure aggregation.
 
-  A convenience for simulations that want secagg's numerics (fixed-point
-  quantization, dropout handling) in one call.
+  What the server's privacy stage computes (`afl.server.private`): secagg's
+  numerics (fixed-point quantization, dropout recovery) in one call.
 
   Args:
     flat: [K, D] float updates.
@@ -260,15 +256,3 @@ def secure_sum(
   if survivors is None:
     survivors = _participants(participants, flat.shape[0])
   return unmask_sum(masked, ids, survivors, round_key, participants, scale)
-
-
-def check_secagg_compatible(aggregator_name: str) -> None:
-  """Raises ValueError unless the aggregator works on the sum alone.
-
-  Under secure aggregation the server sees only masked vectors and their
-  sum; robust aggregators and trust scoring need individual updates.
-  """
-  if aggregator_name not in _SECAGG_AGGREGATORS:
-    raise ValueError(
-        f"secure aggregation needs aggregator 'mean', got {aggregator_name!r}: "
-        "the server sees only the sum, not individual updates.")

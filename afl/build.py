@@ -1,0 +1,179 @@
+"""`build(cfg)`: every component of a run from a validated config.
+
+The components are plain objects with no knowledge of the loop; the loop
+(`afl.simulation`) holds the rest as plain data. Seeds: the partition and
+the scheduler draw from independent numpy generators and everything else
+from the root JAX key, all fixed by `cfg.seed`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from afl import attacks
+from afl import backend as backend_lib
+from afl import client as client_lib
+from afl import communication as comm_lib
+from afl import evaluation
+from afl import models
+from afl import optim
+from afl.config import ExperimentConfig
+from afl.data import loaders
+from afl.data import partition as partition_lib
+from afl.data import text as text_lib
+from afl.privacy import ledger as privacy_lib
+from afl.scheduler import Scheduler
+from afl.server import build as server_build
+from afl.validate import ConfigError
+
+
+@dataclasses.dataclass(eq=False)
+class Components:
+  cfg: ExperimentConfig
+  dataset: Any
+  partition: Any
+  num_examples: np.ndarray  # [num_clients] shard sizes
+  malicious: np.ndarray  # [num_clients] bool
+  data: client_lib.ClientData
+  params: Any  # the initial global model
+  num_params: int
+  client_root: jax.Array  # clients' root key
+  backend: Any  # trains tasks: (start params, ids, task indices, ...)
+  backend_kind: str
+  privacy: privacy_lib.PrivacyLedger
+  server: Any  # afl.server.Server
+  mode: Any  # an afl.server.modes object
+  comm: comm_lib.Communication
+  scheduler: Scheduler
+  evaluate: Callable  # params -> (accuracy, loss)
+  evaluate_backdoor: Callable | None  # params -> (attack success, loss)
+
+
+def _seeds(seed: int):
+  part_ss, sched_ss = np.random.SeedSequence(seed).spawn(2)
+  return (np.random.default_rng(part_ss), np.random.default_rng(sched_ss),
+          jax.random.PRNGKey(seed))
+
+
+def load_data(cfg: ExperimentConfig, log: Callable = print):
+  d = cfg.data
+  if d.name in text_lib.CORPORA:
+    tokenizer = d.tokenizer or (models.resolve_checkpoint(cfg.model.checkpoint)
+                                if cfg.model.checkpoint else None)
+    return text_lib.load_text_dataset(
+        d.name, tokenizer_path=tokenizer, max_length=d.max_length,
+        seed=cfg.seed, train_limit=d.train_limit, test_limit=d.test_limit,
+        log=log)
+  kwargs = dict(allow_download=d.allow_download, log=log,
+                hf_image_key=d.hf_image_key, hf_label_key=d.hf_label_key,
+                train_limit=d.train_limit, test_limit=d.test_limit)
+  if d.name == "synthetic":
+    kwargs.update(num_train=d.synthetic_train, num_test=d.synthetic_test,
+                  shape=tuple(d.synthetic_shape),
+                  num_classes=d.synthetic_classes, seed=cfg.seed)
+  return loaders.load_image_dataset(d.name, d.dir or None, **kwargs)
+
+
+def make_partition(cfg: ExperimentConfig, labels, rng):
+  d = cfg.data
+  try:
+    return partition_lib.make(d.partition, labels, cfg.num_clients, rng,
+                              alpha=d.dirichlet_alpha, sigma=d.quantity_sigma,
+                              min_size=d.min_shard_size)
+  except ValueError as e:  # e.g. too few examples for num_clients
+    raise ConfigError(f"config.data.partition: {e}") from None
+
+
+def _client_backend(cfg, apply_fn, privacy, atk, num_classes, data_max, log):
+  c = cfg.client
+  client_dp = privacy.client_dp()
+  microbatch = 0 if client_dp else backend_lib.resolve_grad_microbatch(
+      c.grad_microbatch, c.batch_size,
+      image_conv=cfg.model.name in models.IMAGE_CONV_MODELS)
+  fns = client_lib.make_client_fns(
+      client_lib.cross_entropy_loss(apply_fn),
+      optim.make_optimizer(c.optimizer, c.lr, dict(c.optimizer_kwargs)),
+      c.batch_size, c.local_steps, dp=client_dp,
+      data_attack=(atk.data_attack(num_classes, data_max)
+                   if atk.has_data_attack else None),
+      grad_microbatch=microbatch)
+  kind = backend_lib.resolve_backend(
+      c.backend, has_conv=cfg.model.name in models.CONV_MODELS)
+  mesh = backend_lib.client_mesh() if kind == "vmap" else None
+  if mesh is not None:
+    log(f"cohorts sharded over {mesh.devices.size} devices")
+  backend = backend_lib.Backend(
+      fns, kind, mesh, workers=backend_lib.resolve_workers(c.workers),
+      chunk=backend_lib.resolve_chunk(c.vmap_chunk))
+  log(f"client backend: {kind} (config: {c.backend}), "
+      f"{backend.workers} worker thread(s)"
+      + (f", gradients in micro-batches of {microbatch}" if microbatch
+         else ""))
+  return backend, kind
+
+
+def build(cfg: ExperimentConfig, log: Callable = print) -> Components:
+  part_rng, sched_rng, root = _seeds(cfg.seed)
+  ds = load_data(cfg, log)
+  partition = make_partition(cfg, ds.train_y, part_rng)
+  log(partition_lib.format_summary(
+      partition_lib.summarize(partition, ds.train_y, ds.num_classes)))
+
+  init_key, client_root = jax.random.split(root)
+  apply_fn, params, frozen = models.build_model(
+      cfg.model, ds.num_classes, ds.train_x.shape[1:], init_key, log)
+  num_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
+  log(f"model {cfg.model.name}: {num_params:,} federated parameters")
+
+  atk = cfg.attack
+  atk.check_against(cfg.num_clients, ds.num_classes)
+  malicious = atk.malicious_mask(cfg.num_clients, cfg.seed)
+  data_max = float(ds.train_x.max())
+  if atk.kind != "none":
+    log(f"attack {atk.kind}: {int(malicious.sum())} malicious clients")
+  data = client_lib.ClientData(
+      x=jnp.asarray(ds.train_x), y=jnp.asarray(ds.train_y),
+      indices=jnp.asarray(partition.indices, jnp.int32),
+      offsets=jnp.asarray(partition.offsets, jnp.int32),
+      malicious=jnp.asarray(malicious), frozen=frozen)
+  num_examples = partition.sizes()
+  privacy = privacy_lib.PrivacyLedger(cfg, cfg.rows_per_aggregation(),
+                                      num_examples, log)
+  backend, kind = _client_backend(cfg, apply_fn, privacy, atk,
+                                  ds.num_classes, data_max, log)
+
+  agg_mesh = backend_lib.client_mesh(jax.local_devices())
+  if agg_mesh is not None and cfg.aggregator.entry.build(
+      cfg.aggregator.params).coordinatewise is not None:
+    log(f"aggregation sharded over {agg_mesh.devices.size} devices"
+        " along the parameter axis")
+  server, mode = server_build.build(
+      cfg, params, jax.random.fold_in(root, 2),
+      update_attack=atk.update_attack() if atk.has_update_attack else None,
+      mesh=agg_mesh, **privacy.server_kwargs())
+
+  evaluate_backdoor = None
+  if atk.kind == "backdoor":
+    keep = ds.test_y != atk.target  # ASR counts non-target examples
+    xt = np.asarray(attacks.stamp_trigger(
+        ds.test_x[keep], atk.trigger_size,
+        atk.resolved_trigger_value(data_max)))
+    # Accuracy against the target label on triggered inputs = ASR.
+    evaluate_backdoor = evaluation.make_eval_fn(
+        apply_fn, xt, np.full(len(xt), atk.target, np.int32),
+        cfg.eval.batch_size, frozen)
+  return Components(
+      cfg=cfg, dataset=ds, partition=partition, num_examples=num_examples,
+      malicious=malicious, data=data, params=params, num_params=num_params,
+      client_root=client_root, backend=backend, backend_kind=kind,
+      privacy=privacy, server=server, mode=mode,
+      comm=comm_lib.Communication(cfg.compression, params),
+      scheduler=Scheduler(cfg.scheduler, cfg.num_clients, cfg.concurrency,
+                          cfg.client.local_steps, sched_rng),
+      evaluate=evaluation.make_eval_fn(apply_fn, ds.test_x, ds.test_y,
+                                       cfg.eval.batch_size, frozen),
+      evaluate_backdoor=evaluate_backdoor)

@@ -1,0 +1,179 @@
+"""Image-classification datasets from the HuggingFace Hub, as raw arrays.
+
+`load_hf` reads any image-classification dataset id with the `datasets`
+package, which is optional and imported only here, when called. It raises
+`Unavailable` (not an error: the caller tries its next source) when the data
+cannot be had on this machine: downloads disabled, `datasets` missing, the
+Hub unreachable, or `load_dataset` failing. Malformed data raises ValueError.
+"""
+import io
+import os
+import socket
+import threading
+from typing import Callable
+from urllib.parse import urlparse
+
+import numpy as np
+
+
+class Unavailable(Exception):
+  """A source that does not have the data here; the next one is tried."""
+
+
+def _env_flag(name: str) -> bool:
+  return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _hf_offline() -> bool:
+  return _env_flag("HF_DATASETS_OFFLINE") or _env_flag("HF_HUB_OFFLINE")
+
+
+def _hf_reachable(timeout: float = 3.0) -> bool:
+  """Whether the Hub answers a TCP connect within `timeout` seconds.
+
+  Probed first because `load_dataset` retries for minutes on a network that
+  drops packets. DNS lookups ignore socket timeouts, so the probe runs in a
+  daemon thread that is simply abandoned if it overruns.
+  """
+  url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+  host = url.hostname or "huggingface.co"
+  port = url.port or (80 if url.scheme == "http" else 443)
+  ok = []
+
+  def probe():
+    try:
+      socket.create_connection((host, port), timeout=timeout).close()
+      ok.append(True)
+    except OSError:
+      pass
+
+  thread = threading.Thread(target=probe, daemon=True)
+  thread.start()
+  thread.join(timeout + 1.0)
+  return bool(ok)
+
+
+def _pil_open(d: dict):
+  """Decodes an undecoded Image feature ({"bytes", "path"})."""
+  from PIL import Image  # PIL comes with `datasets`.
+  return Image.open(io.BytesIO(d["bytes"]) if d.get("bytes") else d["path"])
+
+
+def _image_mode(img) -> str:
+  """'L' for a grayscale-like image, else 'RGB' (alpha is dropped)."""
+  if isinstance(img, dict):
+    img = _pil_open(img)
+  mode = getattr(img, "mode", None)
+  if mode is None:
+    arr = np.asarray(img)
+    return "L" if arr.ndim == 2 or arr.shape[-1] == 1 else "RGB"
+  return "L" if mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
+
+
+def _pil_to_array(img, mode: str) -> np.ndarray:
+  """HWC uint8 array of a PIL image (converted to `mode`) or an array."""
+  if isinstance(img, dict):
+    img = _pil_open(img)
+  if hasattr(img, "convert"):
+    arr = np.asarray(img.convert(mode), np.uint8)
+  else:
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8:
+      arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+  return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _hf_split_arrays(hf_id: str, split, image_key: str, label_key: str):
+  n = len(split)
+  if n == 0:
+    raise ValueError(f"{hf_id}: a split is empty")
+  images = iter(split[image_key])
+  first = next(images)
+  mode = _image_mode(first)
+  arr0 = _pil_to_array(first, mode)
+  x = np.empty((n,) + arr0.shape, np.uint8)
+  x[0] = arr0
+  for i, img in enumerate(images, start=1):
+    arr = _pil_to_array(img, mode)
+    if arr.shape != arr0.shape:
+      raise ValueError(f"{hf_id}: image {i} has shape {arr.shape}, image 0 "
+                       f"{arr0.shape}; only fixed-size images are supported")
+    x[i] = arr
+  return x, list(split[label_key])
+
+
+def _pick_image_key(hf_id: str, split, image_key: str) -> str:
+  if image_key in split.column_names:
+    return image_key
+  # Datasets disagree on the column name (cifar10 uses "img"); a single
+  # Image-typed column is unambiguous.
+  image_cols = [c for c, f in split.features.items()
+                if type(f).__name__ == "Image"]
+  if len(image_cols) == 1:
+    return image_cols[0]
+  raise ValueError(f"{hf_id}: no image column {image_key!r}; columns are "
+                   f"{split.column_names} (set hf_image_key)")
+
+
+def load_hf(hf_id: str, *, image_key: str, label_key: str,
+            allow_download: bool, log: Callable[[str], None]):
+  """Loads a HuggingFace dataset; raises Unavailable when it cannot here."""
+  offline = _hf_offline()
+  if not allow_download and not offline:
+    # Without the offline flags `datasets` would contact the Hub.
+    raise Unavailable("downloads are disabled (allow_download=False; set "
+                      "HF_DATASETS_OFFLINE=1 to use the local HF cache)")
+  try:
+    import datasets  # Optional dependency: only this path needs it.
+  except ImportError:
+    raise Unavailable("the HuggingFace `datasets` package is not installed "
+                      "(pip install datasets)") from None
+  if not offline and not _hf_reachable():
+    raise Unavailable("the HuggingFace Hub is unreachable (offline?)")
+  try:
+    ds = datasets.load_dataset(hf_id)
+  except Exception as e:  # Network, auth and missing-cache errors vary.
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    raise Unavailable(f"load_dataset({hf_id!r}) failed: "
+                      f"{type(e).__name__}: {first}") from None
+  if "train" not in ds:
+    raise ValueError(f"{hf_id}: no 'train' split (splits: {list(ds)})")
+  train = ds["train"]
+  test_name = next((s for s in ("test", "validation", "valid") if s in ds),
+                   None)
+  if label_key not in train.column_names:
+    raise ValueError(f"{hf_id}: no label column {label_key!r}; columns are "
+                     f"{train.column_names} (set hf_label_key)")
+  image_key = _pick_image_key(hf_id, train, image_key)
+  train_x, train_y = _hf_split_arrays(hf_id, train, image_key, label_key)
+  if test_name is None:
+    # A fixed 90/10 cut, so the held-out set is the same in every run.
+    log(f"data: {hf_id} has no test split; holding out 10% of train")
+    perm = np.random.default_rng(0).permutation(len(train_y))
+    cut = len(perm) - max(1, len(perm) // 10)
+    train_y = np.asarray(train_y, dtype=object)
+    test_x, test_y = train_x[perm[cut:]], list(train_y[perm[cut:]])
+    train_x, train_y = train_x[perm[:cut]], list(train_y[perm[:cut]])
+  else:
+    test_x, test_y = _hf_split_arrays(hf_id, ds[test_name], image_key,
+                                      label_key)
+  feature = train.features.get(label_key)
+  names = getattr(feature, "names", None)
+  if names:
+    num_classes = len(names)
+    train_y = np.asarray(train_y, np.int64)
+    test_y = np.asarray(test_y, np.int64)
+  else:
+    # Plain values: integers are kept, anything else is indexed in sorted
+    # order so that the mapping is the same in every run.
+    values = sorted(set(train_y) | set(test_y))
+    if all(isinstance(v, (int, np.integer)) for v in values):
+      train_y = np.asarray(train_y, np.int64)
+      test_y = np.asarray(test_y, np.int64)
+      num_classes = int(max(values)) + 1
+    else:
+      index = {v: i for i, v in enumerate(values)}
+      train_y = np.asarray([index[v] for v in train_y], np.int64)
+      test_y = np.asarray([index[v] for v in test_y], np.int64)
+      num_classes = len(values)
+  return train_x, train_y, test_x, test_y, num_classes

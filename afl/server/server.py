@@ -1,0 +1,76 @@
+"""`Server`: holds the `ServerState` and feeds arrivals to the jitted steps.
+
+The loop's server modes (`afl.server.modes`) call `aggregate` with a buffer
+or round, `window_arrival` or `mix` with one fedasync arrival. The state
+goes to checkpoints through `state()`/`load_state()`.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from afl import client as client_lib
+from afl import state as state_lib
+from afl.server import rows as rows_lib
+from afl.server import step as step_lib
+
+
+class Server:
+
+  def __init__(self, spec: step_lib.ServerSpec, cfg, params, capacity: int,
+               num_clients: int, mesh=None):
+    """`cfg`: the ServerConfig (staleness function, example weighting);
+    `capacity`: rows per buffer/round; `mesh`: set when coordinate-wise
+    aggregation is sharded (for the log only)."""
+    self.spec = spec
+    self.cfg = cfg
+    self.capacity = capacity
+    self.mesh = mesh
+    self.state = step_lib.init_state(spec, params, capacity, num_clients)
+    self.last_info = None
+
+  @property
+  def params(self):
+    return self.state.params
+
+  @property
+  def trust(self):
+    """The `TrustState`, or None without trust."""
+    return self.state.trust if self.spec.trust is not None else None
+
+  def non_finite(self) -> int:
+    """Rows dropped as non-finite so far."""
+    return int(self.state.stages[0][self.spec.non_finite_at])
+
+  def _run(self, fn, *args):
+    params = self.state.params
+    self.state, self.last_info = fn(self.spec, params,
+                                    self.state.replace(params=()), *args)
+
+  def aggregate(self, arrivals: list, stalenesses=None):
+    """One buffer/round of `rows.Arrival`s: the stages and an optax step."""
+    stacked, meta = rows_lib.host_rows(arrivals, self.capacity, self.cfg,
+                                       stalenesses)
+    self._run(step_lib.aggregate_step, stacked, meta)
+
+  def window_arrival(self, arrival, a: float):
+    """Robust FedAsync: `arrival` joins the window, x += a * aggregate."""
+    arrival = arrival._replace(delta=client_lib.as_tree(arrival.delta))
+    stacked, meta = rows_lib.host_rows([arrival], 1, self.cfg)
+    self._run(step_lib.window_step, arrival.delta, meta, np.float32(a))
+
+  def mix(self, start_params, delta, a: float):
+    """Plain FedAsync: x <- x + a (start + delta - x)."""
+    self.state = self.state.replace(params=step_lib.mix_step(
+        self.state.params, start_params, client_lib.as_tree(delta),
+        np.float32(a)))
+
+  # The checkpoint protocol.
+  def state_dict(self):
+    return state_lib.flatten(self.state), {}
+
+  def load_state_dict(self, arrays: dict, host: dict):
+    del host
+    self.state = jax.tree_util.tree_map(
+        jnp.asarray, state_lib.unflatten(self.state, arrays))

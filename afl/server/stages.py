@@ -1,0 +1,154 @@
+"""Server stages: pure `(init, apply)` pairs chained over `Rows`.
+
+In the style of optax's `GradientTransformation`, a stage is
+
+  state = stage.init(example_rows)          # a PRNG key inside if needed
+  rows, state = stage.apply(rows, state)    # pure, jittable
+
+and `chain(*stages)` composes them, its state the tuple of theirs. The
+server's default chain (docs/architecture.md) is built from the factories
+below in this order: update attack -> validity -> staleness scaling ->
+per-client merge -> norm clipping -> pre-aggregation stages (registered in
+`REGISTRY`, named by `aggregator.stages`) -> aggregation (the configured
+aggregator, or the privacy wrapper of `afl.server.private`).
+
+Rows never change shape: a stage that removes a row clears its `mask`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+
+from afl import registry as registry_lib
+from afl.aggregators import base as agg_base
+from afl.aggregators import clipping
+
+
+class Stage(NamedTuple):
+  init: Callable[[Any], Any]
+  apply: Callable[[Any, Any], tuple[Any, Any]]
+
+
+# Pre-aggregation stages, by config name. A factory takes its params' fields
+# as keyword arguments and `key` (a PRNG key for randomized stages) and
+# returns a `Stage`. Property `needs_individual_updates` (default True):
+# the stage reads single rows, so secure aggregation cannot run it.
+REGISTRY = registry_lib.Registry("stage")
+register = REGISTRY.register
+
+
+def chain(*stages: Stage) -> Stage:
+  """Applies `stages` in order; the state is the tuple of their states."""
+  def init(example_rows):
+    return tuple(s.init(example_rows) for s in stages)
+
+  def apply(rows, state):
+    new = []
+    for s, st in zip(stages, state):
+      rows, st = s.apply(rows, st)
+      new.append(st)
+    return rows, tuple(new)
+  return Stage(init, apply)
+
+
+def _stateless(fn) -> Stage:
+  return Stage(lambda example_rows: (), lambda rows, state: (fn(rows), state))
+
+
+def update_attack(attack_fn, key) -> Stage:
+  """Malicious rows replaced by `attack_fn(flat, malicious, valid, key)`
+  (an `afl.attacks` update attack), a fresh key per aggregation."""
+  def apply(rows, key):
+    key, sub = jax.random.split(key)
+    flat = attack_fn(rows.flat, rows.malicious & rows.mask, rows.mask, sub)
+    return rows.replace(flat=flat), key
+  return Stage(lambda example_rows: key, apply)
+
+
+def validity() -> Stage:
+  """Rows holding a NaN or inf leave the mask and are zeroed; the state
+  counts them (`non_finite`, over the whole run)."""
+  def apply(rows, count):
+    finite = jnp.all(jnp.isfinite(rows.flat), axis=1)
+    valid = rows.mask & finite
+    flat = jnp.where(valid[:, None], rows.flat, 0.0)
+    count = count + jnp.sum(rows.mask & ~finite).astype(jnp.int32)
+    return rows.replace(flat=flat, mask=valid), count
+  return Stage(lambda example_rows: jnp.zeros((), jnp.int32), apply)
+
+
+def staleness_scaling() -> Stage:
+  """Each row times its staleness weight s(tau) (after validity: 0 * inf
+  would hide a bad row)."""
+  return _stateless(lambda rows: rows.replace(
+      flat=rows.flat * rows.scale[:, None]))
+
+
+def merge_client_rows() -> Stage:
+  """Rows of the same client become one row, at its first position.
+
+  The merged row is the weighted mean of the client's rows, its weight the
+  sum of their weights and its staleness weight their weighted mean; the
+  other rows leave the mask. A client's weight-times-row total is thus
+  unchanged (a weighted mean of the rows gives the same aggregate), while
+  every robust rule, trust, DP clipping and secure aggregation sees each
+  client once. A client with one row keeps it bit for bit; merged-away
+  rows are zeroed.
+  """
+  def apply(rows):
+    k = rows.ids.shape[0]
+    ok = rows.mask
+    same = (rows.ids[:, None] == rows.ids[None, :]) & ok[:, None] & ok[None, :]
+    # rep[i]: the first valid row of row i's client (i itself if invalid).
+    rep = jnp.where(ok, jnp.argmax(same, axis=1), jnp.arange(k))
+    first = ok & (rep == jnp.arange(k))
+    count = jnp.sum(same, axis=1)
+    w = jnp.where(ok, rows.weight, 0.0)
+    total_w = jax.ops.segment_sum(w, rep, k)
+    safe_w = jnp.where(total_w > 0, total_w, 1.0)
+    merged = jax.ops.segment_sum(w[:, None] * rows.flat, rep, k) / (
+        safe_w[:, None])
+    scale = jax.ops.segment_sum(w * rows.scale, rep, k) / safe_w
+    dup = (count > 1)
+    return rows.replace(
+        flat=jnp.where(first[:, None],
+                       jnp.where(dup[:, None], merged, rows.flat), 0.0),
+        weight=jnp.where(dup, total_w, rows.weight),
+        scale=jnp.where(dup, scale, rows.scale),
+        mask=first)
+  return _stateless(apply)
+
+
+def norm_clip(max_norm: float) -> Stage:
+  """Every valid row clipped to L2 norm `max_norm`."""
+  return _stateless(lambda rows: rows.replace(
+      flat=clipping.clip_by_norm(rows.flat, rows.mask, max_norm)))
+
+
+def aggregate(aggregator: agg_base.Aggregator, unravel, mesh=None) -> Stage:
+  """Writes `rows.aggregate` with `aggregator` over the valid rows.
+
+  Coordinate-wise rules run their kernel on the flat rows (sharded over
+  `mesh`'s "clients" axis along D when given); others see the updates as
+  pytrees (`unravel` maps one flat row back).
+  """
+  kernel = aggregator.coordinatewise
+
+  def init(example_rows):
+    return aggregator.init(jax.vmap(unravel)(example_rows.flat))
+
+  def apply(rows, state):
+    if kernel is not None and mesh is not None:
+      agg = agg_base.reshard_coordinatewise(kernel, rows.flat, rows.weight,
+                                            rows.mask, mesh, "clients")
+    elif kernel is not None:
+      agg = kernel(rows.flat, rows.weight, rows.mask)
+    else:
+      tree, state = aggregator.apply(jax.vmap(unravel)(rows.flat),
+                                     rows.weight, rows.mask, state)
+      agg = jax.flatten_util.ravel_pytree(tree)[0]
+    return rows.replace(aggregate=agg.astype(rows.flat.dtype)), state
+  return Stage(init, apply)
