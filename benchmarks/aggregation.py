@@ -87,9 +87,7 @@ def bench_point(k, d, kernels, repeats):
   for label in kernels:
     name, kw = KERNELS[label]
     agg = aggregators.get(name, **kw)
-    state = agg.init()
-    if name == "centered_clip":
-      state = jnp.zeros((d,), jnp.float32)
+    state = agg.init({"u": xj})
     fn = jax.jit(lambda u, w, m, s, agg=agg: agg.apply({"u": u}, w, m, s)[0])
     res[label] = _time(lambda fn=fn, s=state: fn(xj, wj, mj, s), repeats)
     print(f"  K={k} D={d} {label}: {min(res[label]) * 1e3:.1f} ms",

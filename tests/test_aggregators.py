@@ -230,8 +230,8 @@ class KernelTest(chex.TestCase):
     xv = x[valid].astype(np.float64)
     wv = w[valid] / w[valid].sum()
     v = np.zeros(x.shape[1])
-    # The zero center equals init()'s None (tested in
-    # test_centered_clip_bounds_outlier_influence) and keeps one trace here.
+    # The zero center is init's state (tested in
+    # test_centered_clip_bounds_outlier_influence).
     state = jnp.zeros(x.shape[1])
     for _ in range(2):  # second round starts from the first aggregate
       for _ in range(iters):
@@ -267,7 +267,7 @@ def test_pytree_single_trace_and_no_valid_rows(name, kw):
   agg = aggregators.get(name, **kw)
   ups = {"a": jnp.asarray(rng.standard_normal((5, 2, 3)), jnp.float32),
          "b": (jnp.asarray(rng.standard_normal((5, 4)), jnp.float32),)}
-  state = agg.init()
+  state = agg.init(ups)
   if name == "centered_clip":  # None state -> [D] state: one warm-up call
     _, state = agg.apply(ups, jnp.ones(5), jnp.ones(5, bool), state)
     state = jnp.zeros_like(state)  # so the all-invalid call must give zeros
@@ -292,7 +292,7 @@ def test_hybrid_apply_is_jitted_and_compiles_once():
   x = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
   for s in range(3):
     apply_flat(agg, x + s, np.ones(6, np.float32), np.ones(6, bool),
-               agg.init())
+               agg.init({"u": jnp.asarray(x)}))
   assert agg.apply._cache_size() == 1
 
 
@@ -380,8 +380,10 @@ def test_geomed_collinear_and_weighted_closed_form():
 def test_centered_clip_bounds_outlier_influence():
   agg = centered_clip.centered_clip(tau=1.0, iters=1)
   x = np.array([[0.0, 0.0], [0.0, 0.0], [1e6, 0.0]], np.float32)
+  state = agg.init({"u": jnp.asarray(x)})
+  np.testing.assert_array_equal(state, np.zeros(2))  # the zero center
   out, state = apply_flat(agg, x, np.ones(3, np.float32), np.ones(3, bool),
-                          agg.init())
+                          state)
   chex.assert_trees_all_close(out, np.array([1 / 3, 0.0]), atol=1e-6)
   # Next round starts at the previous aggregate.
   out, _ = apply_flat(agg, x, np.ones(3, np.float32), np.ones(3, bool), state)
@@ -410,14 +412,14 @@ def test_hybrid_matches_composed_reference_and_falls_back():
                          axis=1)
   c = 2.0 * np.median(norms[valid])
   xc = x * np.minimum(1, c / np.maximum(norms, 1e-30))[:, None]
-  out, st = apply_flat(agg, x, w, mask, agg.init())
+  out, st = apply_flat(agg, x, w, mask, agg.init({"u": jnp.asarray(x)}))
   assert not bool(st.used_fallback)
   assert float(st.clip_threshold) == pytest.approx(c, rel=1e-5)
   chex.assert_trees_all_close(out, ref_weighted_trimmed_mean(xc, w, valid, 0.2),
                               atol=1e-4)
   # Only two rows above the threshold -> weighted median fallback.
   w2 = np.where(np.arange(64) < 2, 1.0, 0.1).astype(np.float32)
-  out, st = apply_flat(agg, x, w2, mask, agg.init())
+  out, st = apply_flat(agg, x, w2, mask, agg.init({"u": jnp.asarray(x)}))
   assert bool(st.used_fallback) == (int(np.sum(valid & (w2 > 0.5))) < 3)
   chex.assert_trees_all_close(out, ref_weighted_median(xc, w2, valid),
                               atol=1e-4)
@@ -447,7 +449,8 @@ def test_breakdown_median_and_trimmed_mean(seed, identical):
                    ("trimmed_mean", {"beta": 0.45, "weighted": True}),
                    ("hybrid", {"beta": 0.45})]:
     agg = aggregators.get(name, **kw)
-    out = np.asarray(apply_flat(agg, x, ones, mask, agg.init())[0])
+    out = np.asarray(apply_flat(
+        agg, x, ones, mask, agg.init({"u": jnp.asarray(x)}))[0])
     assert np.all((out >= lo - 1e-6) & (out <= hi + 1e-6)), (name, kw, out)
 
 

@@ -11,6 +11,8 @@ import optax
 import pytest
 from scipy import stats
 
+from afl import aggregators
+from afl.config import base_config, build_config
 from afl.privacy import dp
 from afl.privacy import dp_sgd
 
@@ -272,13 +274,14 @@ def test_no_retrace_on_second_call():
 class ServerDPTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
-  def test_clip_updates(self):
+  def test_noiseless_clipped_sum(self):
+    """Rows clipped to 1; NaN, masked-out rows count as zeros."""
     flat = jnp.array([[3.0, 4.0], [0.3, 0.4], [jnp.nan, 1.0], [6.0, 8.0],
                       [0.0, 0.0]])
     valid = jnp.array([True, True, True, False, True])
-    out = self.variant(dp.clip_updates)(flat, valid, 1.0)
-    np.testing.assert_allclose(out, [[0.6, 0.8], [0.3, 0.4], [0, 0], [0, 0],
-                                     [0, 0]], rtol=1e-6)
+    fn = self.variant(dp.server_noised_mean)
+    out = fn(flat, valid, 1.0, 0.0, jax.random.key(0), 1.0)
+    np.testing.assert_allclose(out, [0.6 + 0.3, 0.8 + 0.4], rtol=1e-6)
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_noiseless_mean_and_expected_count(self):
@@ -299,17 +302,22 @@ def test_server_noise_statistics():
   sigma, clip = 0.9, 2.0
   out = jax.jit(dp.server_noised_mean)(flat, valid, clip, sigma,
                                        jax.random.key(2))
-  clipped = dp.clip_updates(flat, valid, clip)
-  norms = np.linalg.norm(np.asarray(clipped), axis=1)
-  assert np.all(norms <= clip * (1 + 1e-6))
-  noise = np.asarray(out) * 4 - np.asarray(jnp.sum(clipped, axis=0))
+  x = np.where(np.asarray(valid)[:, None], np.asarray(flat, np.float64), 0)
+  norms = np.linalg.norm(x, axis=1)
+  clipped = x * np.minimum(1, clip / np.maximum(norms, 1e-30))[:, None]
+  noise = np.asarray(out) * 4 - clipped.sum(axis=0)
   _assert_normal(noise, sigma * clip)
 
 
-def test_server_dp_compatibility_check():
-  dp.check_server_dp_compatible("mean")
+def test_server_dp_needs_a_linear_aggregator():
+  """The property lives on the aggregator; config names the key."""
+  assert aggregators.REGISTRY.where("linear") == ["mean"]
   for name in ["median", "trimmed_mean", "krum", "hybrid"]:
-    with pytest.raises(ValueError, match="server DP needs aggregator 'mean'") \
-        as err:
-      dp.check_server_dp_compatible(name)
+    c = base_config()
+    c.dp.mode = "server"
+    c.server.weight_by_examples = False
+    c.aggregator.name = name
+    with pytest.raises(ValueError, match="config.dp.mode: server DP "
+                       "calibrates noise") as err:
+      build_config(c)
     assert "\n" not in str(err.value)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from afl.config import base_config, build_config
 from afl.privacy import secagg
 
 SCALE = secagg.DEFAULT_SCALE
@@ -144,7 +145,12 @@ def test_no_retrace_with_new_data_and_keys():
              jax.random.key(1))
 
 
-def test_compatibility_check():
-  secagg.check_secagg_compatible("mean")
-  with pytest.raises(ValueError, match="secure aggregation needs aggregator"):
-    secagg.check_secagg_compatible("median")
+def test_secagg_needs_a_linear_aggregator():
+  c = base_config()
+  c.secagg.enabled = True
+  c.server.weight_by_examples = False
+  build_config(c)  # the mean
+  c.aggregator.name = "median"
+  with pytest.raises(ValueError, match="config.secagg.enabled: secure "
+                     "aggregation only reveals the sum"):
+    build_config(c)

@@ -27,7 +27,7 @@ def _run(workdir=None, **overrides):
 
 @pytest.mark.parametrize("mode", ["fedasync", "fedbuff", "sync"])
 def test_lazy_batching_equals_one_by_one(mode):
-  """DESIGN.md's exactness claim: cohorts change nothing."""
+  """The exactness claim (docs/architecture.md): cohorts change nothing."""
   lazy, s1 = _run(**{"server.mode": mode, "client.lazy_batching": True,
                      "scheduler.dropout_prob": 0.2})
   ref, s2 = _run(**{"server.mode": mode, "client.lazy_batching": False,

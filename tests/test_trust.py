@@ -153,7 +153,7 @@ def test_sign_flip_client_quarantined_then_released():
   @jax.jit
   def round_fn(st, ids, x, mask):
     w = trust.trust_weights(st, ids, CFG)
-    out, _ = agg.apply({"u": x}, w, mask, agg.init())
+    out, _ = agg.apply({"u": x}, w, mask, agg.init({"u": x}))
     return trust.trust_update(st, ids, x, mask, out["u"], CFG)
 
   st = trust.trust_init(n_clients)
