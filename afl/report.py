@@ -12,9 +12,12 @@ import math
 import os
 
 from afl.run_records import is_number, read_json, read_jsonl
+from afl.server import modes
 
 # Settings shown in the report's key table: (dotted key, label, shown when
 # this other dotted key has a value other than the given one, or always).
+# A server mode's own parameter (afl.server.modes): shown for that mode.
+_MODE_PARAM = object()
 _KEY_SETTINGS = (
     ("seed", "seed", None), ("num_clients", "clients", None),
     ("concurrency", "concurrency", None), ("data.name", "data", None),
@@ -25,8 +28,8 @@ _KEY_SETTINGS = (
     ("client.lr", "client lr", None),
     ("client.optimizer", "client optimizer", None),
     ("server.mode", "server mode", None),
-    ("server.buffer_size", "buffer size", ("server.mode", "fedasync")),
-    ("server.mixing_alpha", "mixing alpha", ("server.mode", "fedbuff")),
+    ("server.buffer_size", "buffer size", _MODE_PARAM),
+    ("server.mixing_alpha", "mixing alpha", _MODE_PARAM),
     ("server.staleness_fn", "staleness weighting", None),
     ("aggregator.name", "aggregator", None),
     ("trust.enabled", "trust scores", None),
@@ -50,11 +53,14 @@ def _key_settings(config: dict) -> list[tuple[str, str]]:
     value = _get(config, key)
     if value is None:
       continue
-    if unless is not None:
+    if unless is _MODE_PARAM:  # shown when the chosen mode has it
+      mode = _get(config, "server.mode")
+      if (mode not in modes.REGISTRY or key.split(".")[-1] not in
+          modes.REGISTRY[mode].param_fields()):
+        continue
+    elif unless is not None:
       other, off = unless
-      # fedasync has no buffer; sync has neither buffer nor mixing alpha.
-      if _get(config, other) == off or (
-          key.startswith("server.") and _get(config, other) == "sync"):
+      if _get(config, other) == off:
         continue
     rows.append((label, f"{value:g}" if isinstance(value, float)
                  else str(value)))

@@ -234,3 +234,24 @@ def test_server_step_compiles_once_per_buffer_shape():
     server.aggregate(_arrivals([_params(float(i)) for i in range(n)],
                                list(range(n)), [1] * n))
   assert step_lib.aggregate_step._cache_size() == before + 1
+
+
+def test_fedasync_window_scores_the_newest_client_after_a_merge():
+  """Client 0 arrives twice within the window: the merge puts its row at
+  its first position, and trust still scores that client on its arrival."""
+  c = base_config()
+  c.server.update(mode="fedasync", staleness_fn="constant")
+  c.aggregator.window = 4
+  c.trust.enabled = True
+  server, mode = server_build.build(build_config(c), _params(0.0),
+                                    jax.random.PRNGKey(0))
+  assert server.spec.window == 4
+  start = _params(0.0)
+  arrivals = [({"w": jnp.array([1.0, 0, 0]), "b": jnp.array([0.0])}, 0),
+              ({"w": jnp.array([0.0, 1, 0]), "b": jnp.array([0.0])}, 1)]
+  trust0 = []
+  for delta, cid in arrivals + [arrivals[0]]:
+    mode.on_arrival(Arrival(delta, 0, cid, 1, False), start)
+    trust0.append(float(server.trust.score[0]))
+  # Third arrival: client 0 (merged with its first row) is scored again.
+  assert trust0[2] < trust0[1]

@@ -65,7 +65,8 @@ def build_spec(cfg, params, key, *, update_attack=None, dp_clip=None,
       clients=stages_lib.chain(*clients),
       aggregation=stages_lib.chain(*aggregation), optimizer=optimizer,
       trust=cfg.trust.trust_config() if cfg.trust.enabled else None,
-      window=window, non_finite_at=non_finite_at)
+      window=window, non_finite_at=non_finite_at,
+      merged=s.merge_client_rows)
 
 
 def build(cfg, params, key, **spec_kwargs):

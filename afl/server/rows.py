@@ -44,10 +44,17 @@ def staleness_scales(stalenesses, cfg) -> np.ndarray:
                           cfg.staleness_b).astype(np.float32)
 
 
+def stack_deltas(arrivals: list[Arrival], capacity: int):
+  """The arrivals' deltas as one [capacity, ...] pytree (padding rows copy
+  the first delta; their mask is False)."""
+  deltas = [a.delta for a in arrivals]
+  return client_lib.stack_rows(deltas + [deltas[0]] * (capacity - len(deltas)))
+
+
 def host_rows(arrivals: list[Arrival], capacity: int, cfg,
-              stalenesses=None) -> tuple[object, Rows]:
-  """Pads `arrivals` to `capacity` rows: (stacked deltas pytree [K, ...],
-  Rows without `flat`/`aggregate`, filled in on device).
+              stalenesses=None) -> Rows:
+  """`arrivals` padded to `capacity` rows, as `Rows` without `flat` and
+  `aggregate` (filled in on device).
 
   Data weights (example counts when `cfg.weight_by_examples`, else 1) are
   divided by their mean, so thresholds on weights mean the same always.
@@ -67,11 +74,8 @@ def host_rows(arrivals: list[Arrival], capacity: int, cfg,
   ids = np.zeros(capacity, np.int32)
   ids[:n] = [a.client_id for a in arrivals]
   ids[n:] = PAD_ID + np.arange(pad)
-  deltas = [a.delta for a in arrivals]
-  stacked = client_lib.stack_rows(deltas + [deltas[0]] * pad)
-  meta = Rows(flat=None, weight=rows(w, np.float32),
+  return Rows(flat=None, weight=rows(w, np.float32),
               scale=rows(staleness_scales(stale, cfg), np.float32),
               mask=rows(np.ones(n), bool), ids=ids,
               malicious=rows([a.malicious for a in arrivals], bool),
               aggregate=None)
-  return stacked, meta

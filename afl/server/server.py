@@ -50,15 +50,15 @@ class Server:
 
   def aggregate(self, arrivals: list, stalenesses=None):
     """One buffer/round of `rows.Arrival`s: the stages and an optax step."""
-    stacked, meta = rows_lib.host_rows(arrivals, self.capacity, self.cfg,
-                                       stalenesses)
-    self._run(step_lib.aggregate_step, stacked, meta)
+    self._run(step_lib.aggregate_step,
+              rows_lib.stack_deltas(arrivals, self.capacity),
+              rows_lib.host_rows(arrivals, self.capacity, self.cfg,
+                                 stalenesses))
 
   def window_arrival(self, arrival, a: float):
     """Robust FedAsync: `arrival` joins the window, x += a * aggregate."""
-    arrival = arrival._replace(delta=client_lib.as_tree(arrival.delta))
-    stacked, meta = rows_lib.host_rows([arrival], 1, self.cfg)
-    self._run(step_lib.window_step, arrival.delta, meta, np.float32(a))
+    self._run(step_lib.window_step, client_lib.as_tree(arrival.delta),
+              rows_lib.host_rows([arrival], 1, self.cfg), np.float32(a))
 
   def mix(self, start_params, delta, a: float):
     """Plain FedAsync: x <- x + a (start + delta - x)."""

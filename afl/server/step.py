@@ -52,6 +52,7 @@ class ServerSpec:
   trust: trust_lib.TrustConfig | None = None
   window: int = 0  # fedasync robust window rows; 0 = none
   non_finite_at: int = 0  # index of the validity stage in `clients`
+  merged: bool = False  # the clients chain merges a client's rows
 
 
 def ravel(tree):
@@ -141,7 +142,10 @@ def window_step(spec: ServerSpec, params, rest: ServerState, delta, row: Rows,
                   scale=push(w.scale, row.scale), mask=push(w.mask, row.mask),
                   ids=push(w.ids, row.ids),
                   malicious=push(w.malicious, row.malicious))
-  newest = jnp.arange(spec.window) == spec.window - 1
+  # Trust scores the newest arrival's row: after a merge, the row of its
+  # client (wherever the merge put it); else the last row.
+  newest = (win.ids == win.ids[-1] if spec.merged
+            else jnp.arange(spec.window) == spec.window - 1)
   agg, stage_states, trust, info = _aggregate(spec, state, win,
                                               trust_rows=newest)
   new_params = jax.tree_util.tree_map(lambda x, d: x + a * d, params,
