@@ -82,8 +82,8 @@ def make_partition(cfg: ExperimentConfig, labels, rng):
   d = cfg.data
   try:
     return partition_lib.make(d.partition, labels, cfg.num_clients, rng,
-                              alpha=d.dirichlet_alpha, sigma=d.quantity_sigma,
-                              min_size=d.min_shard_size)
+                              min_size=d.min_shard_size,
+                              **dataclasses.asdict(d.params))
   except ValueError as e:  # e.g. too few examples for num_clients
     raise ConfigError(f"config.data.partition: {e}") from None
 
@@ -93,7 +93,7 @@ def _client_backend(cfg, apply_fn, privacy, atk, num_classes, data_max, log):
   client_dp = privacy.client_dp()
   microbatch = 0 if client_dp else backend_lib.resolve_grad_microbatch(
       c.grad_microbatch, c.batch_size,
-      image_conv=cfg.model.name in models.IMAGE_CONV_MODELS)
+      image_conv=cfg.model.entry.prop("image_conv"))
   fns = client_lib.make_client_fns(
       client_lib.cross_entropy_loss(apply_fn),
       optim.make_optimizer(c.optimizer, c.lr, dict(c.optimizer_kwargs)),
@@ -102,7 +102,7 @@ def _client_backend(cfg, apply_fn, privacy, atk, num_classes, data_max, log):
                    if atk.has_data_attack else None),
       grad_microbatch=microbatch)
   kind = backend_lib.resolve_backend(
-      c.backend, has_conv=cfg.model.name in models.CONV_MODELS)
+      c.backend, has_conv=cfg.model.entry.prop("conv"))
   mesh = backend_lib.client_mesh() if kind == "vmap" else None
   if mesh is not None:
     log(f"cohorts sharded over {mesh.devices.size} devices")

@@ -18,7 +18,11 @@ import math
 from afl import aggregators
 from afl import attacks
 from afl import compression
+from afl import config_checks
 from afl import config_tree
+from afl.distributed import DistributedConfig
+from afl import models
+from afl.data import partition as partition_lib
 from afl.server import modes
 from afl.server import stages
 from afl.validate import ConfigError  # noqa: F401  (raised by build_config)
@@ -34,12 +38,14 @@ _kw = dict(frozen=True, kw_only=True)
 
 
 @dataclasses.dataclass(**_kw)
-class DataConfig:
+class DataConfig(config_tree.Component):
+  """`partition` picks an `afl.data.partition` partitioner; its parameters
+  (dirichlet_alpha, quantity_sigma) are keys of this section too."""
+  REGISTRY = partition_lib.REGISTRY
+  SELECTOR = "partition"
   name: str = "fashion_mnist"
   dir: str = ""
-  partition: str = "dirichlet"  # iid | dirichlet | quantity_skew
-  dirichlet_alpha: float = 0.5
-  quantity_sigma: float = 1.0
+  partition: str = "dirichlet"  # a partition_lib.REGISTRY name
   min_shard_size: int = 10
   train_limit: int = 0  # 0 = all
   test_limit: int = 0
@@ -57,9 +63,6 @@ class DataConfig:
   synthetic_classes: int = 4
 
   def validate(self, p):
-    _choice(f"{p}.partition", self.partition, ("iid", "dirichlet", "quantity_skew"))
-    _range(f"{p}.dirichlet_alpha", self.dirichlet_alpha, 0, lo_open=True)
-    _range(f"{p}.quantity_sigma", self.quantity_sigma, 0)
     _range(f"{p}.min_shard_size", self.min_shard_size, 1)
     _range(f"{p}.train_limit", self.train_limit, 0)
     _range(f"{p}.test_limit", self.test_limit, 0)
@@ -67,28 +70,16 @@ class DataConfig:
 
 
 @dataclasses.dataclass(**_kw)
-class ModelConfig:
-  name: str = "cnn"  # see afl.models.MODELS
-  width: int = 0  # base channels / hidden width; 0 = the model default
+class ModelConfig(config_tree.Component):
+  """`name` picks an `afl.models` entry; its parameters (width of afl's
+  nets; checkpoint, lora_rank, lora_alpha, lora_targets, pooling of the HF
+  families) are keys of this section too."""
+  REGISTRY = models.REGISTRY
+  name: str = "cnn"
   dtype: str = "float32"
-  # HF families (bert, vit): checkpoint folder / cached hub id / "minilm".
-  checkpoint: str = ""
-  lora_rank: int = 8
-  lora_alpha: float = 16.0
-  lora_targets: tuple = ("query", "value")
-  pooling: str = "cls"  # cls | mean (| pooler for bert)
 
   def validate(self, p):
-    from afl import models  # pylint: disable=g-import-not-at-top
-    _choice(f"{p}.name", self.name, sorted(set(models.MODELS) | models.HF_MODELS))
-    _range(f"{p}.width", self.width, 0)
     _choice(f"{p}.dtype", self.dtype, ("float32", "bfloat16"))
-    _range(f"{p}.lora_rank", self.lora_rank, 0)
-    _range(f"{p}.lora_alpha", self.lora_alpha, 0, lo_open=True)
-    allowed = ("query", "key", "value", "attn_out", "mlp_in", "mlp_out")
-    for t in self.lora_targets:
-      _choice(f"{p}.lora_targets", t, allowed)
-    _choice(f"{p}.pooling", self.pooling, ("cls", "mean", "pooler"))
 
 
 def _check_optax(path: str, name: str):
@@ -306,35 +297,6 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass(**_kw)
-class DistributedConfig:
-  """Multi-host runs: `jax.distributed.initialize` before anything else.
-  Empty address/0 processes let JAX detect them (e.g. on TPU pods, SLURM)."""
-  enabled: bool = False
-  coordinator_address: str = ""
-  num_processes: int = 0
-  process_id: int = -1
-
-  def validate(self, p):
-    _range(f"{p}.num_processes", self.num_processes, 0)
-    _range(f"{p}.process_id", self.process_id, -1)
-
-  def initialize(self):
-    if not self.enabled:
-      return
-    import jax  # pylint: disable=g-import-not-at-top
-    kwargs = {}
-    if self.coordinator_address:
-      kwargs["coordinator_address"] = self.coordinator_address
-    if self.num_processes:
-      kwargs["num_processes"] = self.num_processes
-    if self.process_id >= 0:
-      kwargs["process_id"] = self.process_id
-    # CPU devices of several processes talk through gloo (no-op elsewhere).
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(**kwargs)
-
-
-@dataclasses.dataclass(**_kw)
 class LoggingConfig:
   progress: bool = True
   plots: bool = True
@@ -349,8 +311,8 @@ class ExperimentConfig:
   seed: int = 0
   num_clients: int = 100
   concurrency: int = 10
-  data: DataConfig = dataclasses.field(default_factory=DataConfig)
-  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  data: DataConfig = config_tree.default(DataConfig)
+  model: ModelConfig = config_tree.default(ModelConfig)
   client: ClientConfig = dataclasses.field(default_factory=ClientConfig)
   server: ServerConfig = config_tree.default(ServerConfig)
   scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)
@@ -377,70 +339,12 @@ class ExperimentConfig:
     if self.concurrency > self.num_clients:
       _fail("concurrency", f"must be <= num_clients={self.num_clients}, "
             f"got {self.concurrency}")
-    _check_combinations(self)
+    config_checks.check_combinations(self)
     del p
 
   def rows_per_aggregation(self) -> int:
     """Updates per aggregation of the configured server mode."""
     return self.server.entry.prop("rows")(self)
-
-
-def _is_text(name: str) -> bool:
-  from afl.data import text  # pylint: disable=g-import-not-at-top
-  return name in text.CORPORA
-
-
-def _check_combinations(c: "ExperimentConfig"):
-  """Combinations that make no sense fail here, naming the key to change.
-  They read component properties (afl.registry), never lists of names."""
-  agg = c.aggregator.name
-  linear = "|".join(aggregators.REGISTRY.where("linear"))
-  buffered = "|".join(modes.REGISTRY.where("buffered"))
-  mode = c.server.entry
-  if c.dp.mode == "server":
-    if not c.aggregator.entry.prop("linear"):
-      _fail("dp.mode", f"server DP calibrates noise to the sensitivity of a "
-            f"sum of clipped updates, which a {agg!r} aggregate does not have;"
-            f" use aggregator.name={linear} or dp.mode=client")
-    if not mode.prop("buffered"):
-      _fail("dp.mode", "server DP needs a buffer or round to add noise to; "
-            f"use server.mode={buffered.replace('|', ' or ')}")
-    if c.server.weight_by_examples:
-      _fail("server.weight_by_examples", "must be False with dp.mode=server "
-            "(example weights would change the sensitivity)")
-  if c.attack.kind == "backdoor" and _is_text(c.data.name):
-    _fail("attack.kind", "backdoor stamps a pixel trigger; it needs image "
-          f"data, not the text corpus {c.data.name!r}")
-  if c.trust.enabled and c.secagg.enabled:
-    _fail("trust.enabled", "trust scores need individual updates, which "
-          "secure aggregation hides; disable one of them")
-  if c.trust.enabled and c.dp.mode == "server":
-    _fail("trust.enabled", "server DP aggregates clipped updates with noise "
-          "calibrated to the mean; trust reweighting is not covered by it")
-  for section, path in ((c.aggregator, "aggregator"),
-                        (c.server, "server")):
-    check = getattr(section.params, "check", None)
-    if check is not None:
-      check(c, path)
-  private = c.secagg.enabled or c.dp.mode == "server"
-  for name in c.aggregator.stages:
-    if private and not stages.REGISTRY[name].prop("linear"):
-      _fail("aggregator.stages", f"stage {name!r} needs individual updates; "
-            "secure aggregation and server DP see only the clipped sum")
-  if private and not c.server.merge_client_rows:
-    _fail("server.merge_client_rows", "must be True with secagg.enabled or "
-          "dp.mode=server (a client's rows must be one row: one pair of "
-          "masks, one clip norm)")
-  if c.secagg.enabled:
-    if not c.aggregator.entry.prop("linear"):
-      _fail("secagg.enabled", f"secure aggregation only reveals the sum; "
-            f"aggregator {agg!r} needs individual updates (use {linear})")
-    if not mode.prop("buffered"):
-      _fail("secagg.enabled", "secure aggregation needs several updates per "
-            f"aggregation; use server.mode={buffered.replace('|', ' or ')}")
-    if c.server.weight_by_examples:
-      _fail("server.weight_by_examples", "must be False with secagg.enabled "
-            "(the server cannot weight updates it never sees)")
 
 
 def build_config(cfg) -> ExperimentConfig:

@@ -34,6 +34,7 @@ import optax  # noqa: E402
 
 from afl import backend as backend_lib  # noqa: E402
 from afl import client as client_lib  # noqa: E402
+from afl import config_tree  # noqa: E402
 from afl import models  # noqa: E402
 from afl.config import ModelConfig  # noqa: E402
 
@@ -66,9 +67,9 @@ def _backend(spec, name, batch):
   only `auto` takes the CPU micro-batched gradient of conv nets."""
   if spec == "auto":
     kind = backend_lib.resolve_backend(
-        "auto", has_conv=name in models.CONV_MODELS)
+        "auto", has_conv=models.REGISTRY[name].prop("conv"))
     micro = backend_lib.resolve_grad_microbatch(
-        0, batch, image_conv=name in models.IMAGE_CONV_MODELS)
+        0, batch, image_conv=models.REGISTRY[name].prop("image_conv"))
     return (kind, backend_lib.resolve_workers(0), backend_lib.resolve_chunk(0),
             micro)
   kind, _, workers = spec.partition(":")
@@ -79,8 +80,8 @@ def prepare(workload, spec, cohort):
   """Builds one configuration; returns (row, once(t)) with the first call
   (compile + warm-up) timed into row["compile_s"]."""
   name, width, shape, steps, batch = WORKLOADS[workload]
-  mcfg = ModelConfig(name=name, width=width, checkpoint="minilm",
-                     pooling="mean")
+  mcfg = config_tree.component_section(ModelConfig)(
+      name=name, width=width, checkpoint="minilm", pooling="mean")
   apply_fn, params, frozen = models.build_model(
       mcfg, 10, shape, jax.random.PRNGKey(0), log=lambda m: None)
   kind, workers, chunk, micro = _backend(spec, name, batch)

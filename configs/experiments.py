@@ -7,9 +7,9 @@
 
 Each experiment is `(name, base config module, overrides)`; the overrides are
 nested dicts applied to `base.get_config()` by
-`afl.experiments.apply_overrides`, which refuses keys the base config does
-not have. They are applied only to the experiments selected for a run, so an
-experiment naming a key that does not exist stops only itself.
+`afl.experiment_spec.apply_overrides`, which refuses keys the base config
+does not have. They are applied only to the experiments selected for a run,
+so an experiment naming a key that does not exist stops only itself.
 
 The default set compares, on the Fashion-MNIST demo (configs/fmnist_hybrid.py):
 the three server modes; every attack at 30% malicious clients against every

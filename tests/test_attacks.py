@@ -12,6 +12,7 @@ from absl.testing import parameterized
 
 from afl import attacks
 from afl import config
+from afl import config_tree
 
 K, D = 6, 5
 
@@ -132,14 +133,14 @@ class UpdateAttackTest(parameterized.TestCase):
       np.testing.assert_allclose(out[i], -eps * mu, rtol=1e-5, atol=1e-6)
     assert_untouched(out, flat, mal, ok)
 
-  @parameterized.parameters(*attacks.KINDS)
+  @parameterized.parameters(*attacks.REGISTRY.names())
   def test_make_update_attack(self, kind):
     flat, mal, ok = cohort()
     fn = jax.jit(attacks.make_update_attack(kind, std=1.0, scale=2.0,
                                             factor=3.0, z=1.0, epsilon=0.5))
     out = np.asarray(fn(flat, mal, ok, jax.random.key(0)))
     mu, sigma = honest_ref(flat, mal, ok)
-    if kind in attacks.UPDATE_KINDS:
+    if attacks.REGISTRY[kind].prop("update"):
       want = {"sign_flip": -2.0 * flat[:2], "scaling": 3.0 * flat[:2],
               "alie": np.stack([mu - sigma] * 2),
               "ipm": np.stack([-0.5 * mu] * 2)}.get(kind)
@@ -241,7 +242,7 @@ class DataAttackTest(parameterized.TestCase):
     np.testing.assert_allclose(jax.jit(
         attacks.attack_success_rate, static_argnums=2)(preds, y_true, 2), 0.75)
 
-  @parameterized.parameters(*attacks.KINDS)
+  @parameterized.parameters(*attacks.REGISTRY.names())
   def test_make_data_attack_vmap_over_clients(self, kind):
     n = 4
     x = np.stack([images(seed=i)[0] for i in range(n)])  # [N, B, H, W, C]
@@ -256,7 +257,7 @@ class DataAttackTest(parameterized.TestCase):
       xi, yi = fn(x[i], y[i], keys[i], mal[i])
       np.testing.assert_array_equal(xo[i], xi)
       np.testing.assert_array_equal(yo[i], yi)
-      if not mal[i] or kind not in attacks.DATA_KINDS:
+      if not mal[i] or not attacks.REGISTRY[kind].prop("data"):
         np.testing.assert_array_equal(xo[i], x[i])
         np.testing.assert_array_equal(yo[i], y[i])
     if kind == "label_flip":
@@ -316,12 +317,21 @@ class SelectMaliciousTest(parameterized.TestCase):
       attacks.select_malicious(10, seed=0, **kwargs)
 
 
+def _attack(**kwargs):
+  """An `attack` section with every kind's parameters."""
+  return config_tree.component_section(attacks.AttackConfig)(**kwargs)
+
+
+def _validate(cfg):
+  cfg.validate("attack")
+  cfg.validate_params("attack")
+
+
 class AttackConfigTest(parameterized.TestCase):
 
   def test_defaults_valid(self):
-    attacks.AttackConfig().validate("attack")
-    attacks.AttackConfig(kind="alie", fraction=0.2, alie_z=1.0).validate(
-        "attack")
+    _validate(_attack())
+    _validate(_attack(kind="alie", fraction=0.2, alie_z=1.0))
 
   @parameterized.parameters(
       ("kind", "bogus"), ("fraction", 2.0), ("ids", (1, 1)), ("ids", (-2,)),
@@ -331,50 +341,52 @@ class AttackConfigTest(parameterized.TestCase):
       ("factor", float("inf")), ("alie_z", float("nan")),
       ("ipm_epsilon", 0.0))
   def test_validate_names_key(self, key, value):
-    cfg = attacks.AttackConfig(**{key: value})
+    cfg = _attack(**{key: value})
     with pytest.raises(ValueError, match=rf"^config\.attack\.{key}: ") as e:
-      cfg.validate("attack")
+      _validate(cfg)
     assert "\n" not in str(e.value)
     assert isinstance(e.value, config.ConfigError)
 
   def test_builds_through_afl_config(self):
-    cfg = config._build(attacks.AttackConfig,
+    cfg = config_tree.build(attacks.AttackConfig,
                         {"kind": "backdoor", "ids": [1, 2],
                          "trigger_value": 255}, "attack")
     assert cfg.ids == (1, 2) and cfg.resolved_trigger_value(1.0) == 255.0
     with pytest.raises(config.ConfigError, match=r"^config\.attack\.kind"):
-      config._build(attacks.AttackConfig, {"kind": "x"}, "attack")
+      config_tree.build(attacks.AttackConfig, {"kind": "x"}, "attack")
 
   def test_ids_and_fraction_exclusive(self):
     with pytest.raises(ValueError, match=r"config\.attack\.ids"):
-      attacks.AttackConfig(fraction=0.1, ids=(1,)).validate("attack")
+      _attack(fraction=0.1, ids=(1,)).validate("attack")
 
   def test_check_against(self):
-    cfg = attacks.AttackConfig(kind="backdoor", target=10)
+    cfg = _attack(kind="backdoor", target=10)
     with pytest.raises(ValueError, match=r"config\.attack\.target"):
       cfg.check_against(num_clients=5, num_classes=10)
-    cfg = attacks.AttackConfig(kind="sign_flip", ids=(5,))
+    cfg = _attack(kind="sign_flip", ids=(5,))
     with pytest.raises(ValueError, match=r"config\.attack\.ids"):
       cfg.check_against(num_clients=5, num_classes=10)
 
   def test_builders(self):
-    cfg = attacks.AttackConfig(kind="backdoor", fraction=0.5, target=1,
-                               trigger_size=2)
+    cfg = _attack(kind="backdoor", fraction=0.5, target=1, trigger_size=2)
     assert cfg.resolved_trigger_value(255.0) == 255.0
     assert dataclasses.replace(cfg, trigger_value=0.5).resolved_trigger_value(
         255.0) == 0.5
     assert cfg.has_data_attack and not cfg.has_update_attack
     assert cfg.malicious_mask(10, seed=0).sum() == 5
-    assert attacks.AttackConfig().malicious_mask(10, 0).sum() == 0
+    assert _attack().malicious_mask(10, 0).sum() == 0
     x, y = images()
     xo, yo = cfg.data_attack(10, 255.0)(x, y, jax.random.key(0), True)
     assert int((np.asarray(xo)[:, -1, -1, 0] == 255.0).sum()) == 4
     flat, mal, ok = cohort()
-    out = attacks.AttackConfig(kind="scaling", factor=2.0).update_attack()(
+    out = _attack(kind="scaling", factor=2.0).update_attack()(
         flat, mal, ok, jax.random.key(0))
     np.testing.assert_array_equal(np.asarray(out)[:2], 2 * flat[:2])
 
 
-def test_doctests():
-  res = doctest.testmod(attacks, optionflags=doctest.NORMALIZE_WHITESPACE)
-  assert res.failed == 0
+@pytest.mark.parametrize("module", [attacks, attacks.selection,
+                                    attacks.data_attacks,
+                                    attacks.update_attacks])
+def test_doctests(module):
+  res = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+  assert res.failed == 0 and res.attempted > 0

@@ -11,6 +11,7 @@ from jax.flatten_util import ravel_pytree
 
 from afl import compression as C
 from afl import config
+from afl import config_tree
 
 
 def ref_topk_mask(x, k):
@@ -267,11 +268,12 @@ class ConfigTest(parameterized.TestCase):
     assert isinstance(e.value, config.ConfigError)
 
   def test_builds_through_afl_config(self):
-    cfg = config._build(C.CompressionConfig, {"kind": "topk", "ratio": 1},
-                        "compression")
+    cfg = config_tree.build(C.CompressionConfig, {"kind": "topk", "ratio": 1},
+                            "compression")
     assert cfg.ratio == 1.0 and isinstance(cfg.ratio, float)
 
 
-def test_doctests():
-  res = doctest.testmod(C, optionflags=doctest.NORMALIZE_WHITESPACE)
-  assert res.failed == 0
+@pytest.mark.parametrize("module", [C, C.topk, C.host])
+def test_doctests(module):
+  res = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+  assert res.failed == 0 and res.attempted > 0

@@ -9,6 +9,7 @@ import pytest
 
 from afl import backend as backend_lib
 from afl import client as client_lib
+from afl import config_tree
 from afl.config import ModelConfig, build_config
 from afl.models import bert as bert_lib
 from afl.models import build_model
@@ -34,8 +35,8 @@ def _tiny_bert_checkpoint(path, vocab):
 
 
 def _cohort_memory(ckpt, cohort):
-  mcfg = ModelConfig(name="bert", checkpoint=ckpt, lora_rank=2,
-                     pooling="mean")
+  mcfg = config_tree.component_section(ModelConfig)(
+      name="bert", checkpoint=ckpt, lora_rank=2, pooling="mean")
   apply_fn, adapters, base = build_model(mcfg, 3, (8,), jax.random.PRNGKey(0),
                                          log=lambda m: None)
   fns = client_lib.make_client_fns(client_lib.cross_entropy_loss(apply_fn),
@@ -85,7 +86,8 @@ def test_base_is_not_replicated_across_the_cohort(tmp_path):
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
-  mcfg = ModelConfig(name="vit", checkpoint=str(tmp_path / "nope"))
+  mcfg = config_tree.component_section(ModelConfig)(
+      name="vit", checkpoint=str(tmp_path / "nope"))
   with pytest.raises(FileNotFoundError) as e:
     build_model(mcfg, 10, (32, 32, 3), jax.random.PRNGKey(0))
   assert "\n" not in str(e.value) and "nope" in str(e.value)

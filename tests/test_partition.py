@@ -182,7 +182,7 @@ def test_partition_validation_and_accessors():
 
 def test_make_by_name():
   y = _labels(1000)
-  for name in P.PARTITIONERS:
+  for name in P.REGISTRY.names():
     part = P.make(name, y, 10, np.random.default_rng(0), min_size=5)
     _assert_exact_cover(part, y.size)
   with pytest.raises(ValueError, match="unknown partition"):

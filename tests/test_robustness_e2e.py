@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from afl import attacks
 from afl.config import build_config
 from afl.simulation import Simulation
 from configs import tiny
@@ -49,18 +50,27 @@ def test_backdoor_reports_success_rate_and_malicious_ids(tmp_path):
   assert ids == np.flatnonzero(sim.c.malicious).tolist() and len(ids) == 6
 
 
+@pytest.fixture
+def nan_attack():
+  """An update attack registered here: malicious rows become NaN/inf."""
+  def factory():
+    return lambda flat, bad, valid, key: jnp.where(
+        bad[:, None], jnp.where(jnp.arange(flat.shape[1]) % 2, jnp.nan,
+                                jnp.inf), flat)
+  attacks.REGISTRY.register("nan_inf", update=True)(factory)
+  yield "nan_inf"
+  del attacks.REGISTRY["nan_inf"]
+
+
 @pytest.mark.parametrize("aggregator", ["mean", "median"])
-def test_nan_updates_never_reach_the_model(aggregator):
+def test_nan_updates_never_reach_the_model(aggregator, nan_attack):
   # Malicious clients send NaN/inf: dropped, counted, model stays finite.
   c = tiny.get_config()
   c.num_clients, c.concurrency, c.server.buffer_size = 20, 8, 8
   c.stop.max_versions = 15
-  c.attack.update(kind="sign_flip", fraction=0.3)
+  c.attack.update(kind=nan_attack, fraction=0.3)
   c.aggregator.name = aggregator
   sim = Simulation(build_config(c), None, log=lambda m: None)
-  sim.server.update_attack = lambda flat, bad, valid, key: jnp.where(
-      bad[:, None], jnp.where(jnp.arange(flat.shape[1]) % 2, jnp.nan,
-                              jnp.inf), flat)
   s = sim.run()
   assert s["non_finite_dropped"] > 0
   leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(

@@ -95,7 +95,8 @@ def test_state_dict_round_trip_continues_identically():
     a.dispatch(t.arrival_time, 1)
   b = _sched(num_clients=50, concurrency=4, seed=99, dropout_prob=0.1)
   # Through JSON, as a checkpoint stores it.
-  b.load_state(a.state_arrays(), json.loads(json.dumps(a.state_host())))
+  arrays, host = a.state_dict()
+  b.load_state_dict(arrays, json.loads(json.dumps(host)))
   for _ in range(20):
     ta, tb = a.pop(), b.pop()
     assert ta == tb

@@ -57,14 +57,26 @@ def flatten_updates(updates):
   return flat, unravel
 
 
+def from_flat(kernel) -> Aggregator:
+  """A stateless aggregator (state `()`) from its kernel on the flat matrix,
+  (flat [K, D], weights [K], valid [K]) -> [D]; `apply` flattens the updates
+  and gives the kernel `valid_rows(flat, mask)`, so masked and non-finite
+  rows are marked invalid. See `from_kernel` for coordinate-wise kernels."""
+  def init(example_updates):
+    del example_updates
+    return ()
+
+  def apply(updates, weights, mask, state):
+    flat, unravel = flatten_updates(updates)
+    return unravel(kernel(flat, weights, valid_rows(flat, mask))), state
+  return Aggregator(init, apply)
+
+
 def from_kernel(kernel) -> Aggregator:
   """A stateless coordinate-wise aggregator from its [K, D] -> [D] kernel
   (see `Aggregator.coordinatewise`); `apply` flattens the updates and drops
   masked and non-finite rows."""
-  def apply(updates, weights, mask, state):
-    flat, unravel = flatten_updates(updates)
-    return unravel(kernel(flat, weights, valid_rows(flat, mask))), state
-  return Aggregator(lambda example_updates: (), apply, coordinatewise=kernel)
+  return from_flat(kernel)._replace(coordinatewise=kernel)
 
 
 def reshard_coordinatewise(kernel, flat, weights, valid, mesh, axis: str):

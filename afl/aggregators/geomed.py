@@ -103,14 +103,5 @@ def geomed(max_iters: int = 100, tol: float = 1e-6,
   if eps <= 0:
     raise ValueError(f"eps must be > 0, got {eps!r}")
 
-  def init(example_updates):
-    del example_updates
-    return ()
-
-  def apply(updates, weights, mask, state):
-    flat, unravel = base.flatten_updates(updates)
-    valid = base.valid_rows(flat, mask)
-    out, _ = geomed_flat(flat, weights, valid, max_iters, tol, eps)
-    return unravel(out), state
-
-  return base.Aggregator(init, apply)
+  return base.from_flat(lambda flat, weights, valid: geomed_flat(
+      flat, weights, valid, max_iters, tol, eps)[0])

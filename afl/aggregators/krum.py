@@ -121,18 +121,8 @@ def krum(num_byzantine: int = 1) -> base.Aggregator:
   """
   _check(num_byzantine)
 
-  def init(example_updates):
-    del example_updates
-    return ()
-
-  def apply(updates, weights, mask, state):
-    del weights
-    flat, unravel = base.flatten_updates(updates)
-    valid = base.valid_rows(flat, mask)
-    out, _ = krum_flat(flat, valid, num_byzantine)
-    return unravel(out), state
-
-  return base.Aggregator(init, apply)
+  return base.from_flat(
+      lambda flat, weights, valid: krum_flat(flat, valid, num_byzantine)[0])
 
 
 @base.register("multi_krum", params=params.MultiKrum)
@@ -162,17 +152,10 @@ def multi_krum(num_byzantine: int = 1, num_selected: int = 2,
   """
   _check(num_byzantine, num_selected)
 
-  def init(example_updates):
-    del example_updates
-    return ()
-
-  def apply(updates, weights, mask, state):
-    flat, unravel = base.flatten_updates(updates)
-    valid = base.valid_rows(flat, mask)
+  def kernel(flat, weights, valid):
     if not weighted:
       weights = jnp.ones_like(weights)
-    out, _ = multi_krum_flat(flat, weights, valid, num_byzantine,
-                             num_selected)
-    return unravel(out), state
+    return multi_krum_flat(flat, weights, valid, num_byzantine,
+                           num_selected)[0]
 
-  return base.Aggregator(init, apply)
+  return base.from_flat(kernel)

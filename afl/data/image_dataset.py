@@ -10,9 +10,11 @@ import dataclasses
 
 import numpy as np
 
+from afl.data.splits import SplitDataset
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class ImageDataset:
+class ImageDataset(SplitDataset):
   """A standardized image-classification dataset.
 
   Attributes:
@@ -26,12 +28,6 @@ class ImageDataset:
     mean: float32 [C]; per-channel train mean of the [0, 1]-scaled images.
     std: float32 [C]; the matching standard deviation.
   """
-  name: str
-  train_x: np.ndarray = dataclasses.field(repr=False)
-  train_y: np.ndarray = dataclasses.field(repr=False)
-  test_x: np.ndarray = dataclasses.field(repr=False)
-  test_y: np.ndarray = dataclasses.field(repr=False)
-  num_classes: int
   source: str
   mean: np.ndarray = dataclasses.field(repr=False)
   std: np.ndarray = dataclasses.field(repr=False)
@@ -42,9 +38,7 @@ class ImageDataset:
       if x.ndim != 4 or x.dtype != np.float32:
         raise ValueError(f"{self.name}: {split}_x must be float32 NHWC, got "
                          f"{x.dtype}{list(x.shape)}")
-      if y.shape != (x.shape[0],) or y.dtype != np.int32:
-        raise ValueError(f"{self.name}: {split}_y must be int32 "
-                         f"[{x.shape[0]}], got {y.dtype}{list(y.shape)}")
+      self._check_labels(split, x, y)
     if self.train_x.shape[1:] != self.test_x.shape[1:]:
       raise ValueError(f"{self.name}: train and test image shapes differ: "
                        f"{self.train_x.shape[1:]} vs {self.test_x.shape[1:]}")
@@ -52,14 +46,6 @@ class ImageDataset:
   @property
   def image_shape(self) -> tuple[int, int, int]:
     return tuple(self.train_x.shape[1:])
-
-  @property
-  def num_train(self) -> int:
-    return self.train_x.shape[0]
-
-  @property
-  def num_test(self) -> int:
-    return self.test_x.shape[0]
 
 
 def _channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

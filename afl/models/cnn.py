@@ -91,13 +91,22 @@ def patch_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
                                       for p in padding))
 
 
-class CNN(nn.Module):
+def _logits(x, num_classes, dtype):
+  """The models' last layer: Dense(num_classes), logits in float32."""
+  return nn.Dense(num_classes, dtype=dtype)(x).astype(jnp.float32)
+
+
+class _Classifier(nn.Module):
+  """An image model: [B, H, W, C] -> float32 logits [B, num_classes]."""
+  num_classes: int
+
+
+class CNN(_Classifier):
   """conv(w)-pool-conv(2w)-pool[-dense(hidden)]-dense(classes).
 
   With w=32 and no hidden layer on 32x32x3 this is the 60k-parameter CIFAR
   CNN of the throughput table; with hidden=128 it is the classic MNIST CNN.
   """
-  num_classes: int
   width: int = 32
   hidden: int = 0
   dtype: jnp.dtype = jnp.float32
@@ -114,12 +123,11 @@ class CNN(nn.Module):
     x = x.reshape(x.shape[0], -1)
     if self.hidden:
       x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(x))
-    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+    return _logits(x, self.num_classes, self.dtype)
 
 
-class MLP(nn.Module):
+class MLP(_Classifier):
   """flatten-dense(h)-relu-...-dense(classes); (100,) gives 784-100-10."""
-  num_classes: int
   hidden: Sequence[int] = (100,)
   dtype: jnp.dtype = jnp.float32
 
@@ -128,7 +136,7 @@ class MLP(nn.Module):
     x = x.reshape(x.shape[0], -1).astype(self.dtype)
     for h in self.hidden:
       x = nn.relu(nn.Dense(h, dtype=self.dtype)(x))
-    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+    return _logits(x, self.num_classes, self.dtype)
 
 
 class _Block(nn.Module):
@@ -152,12 +160,11 @@ class _Block(nn.Module):
     return nn.relu(x + y)
 
 
-class ResNet(nn.Module):
+class ResNet(_Classifier):
   """CIFAR ResNet (He et al. 2016, sec. 4.2): 3 stages of n blocks each.
 
   depth = 6n + 2 (8, 14, 20, ...); widths w, 2w, 4w; GroupNorm.
   """
-  num_classes: int
   depth: int = 8
   width: int = 16
   dtype: jnp.dtype = jnp.float32
@@ -174,4 +181,4 @@ class ResNet(nn.Module):
         stride = 2 if stage > 0 and b == 0 else 1
         x = _Block(self.width * 2**stage, stride, self.dtype)(x)
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+    return _logits(x, self.num_classes, self.dtype)

@@ -20,27 +20,19 @@ import flax.linen as nn
 import jax  # noqa: F401  (the docstring example uses it)
 import jax.numpy as jnp
 
-from afl.models.bert import (SelfAttention, _dense, _from_fields, _layer_norm,
-                             _Pooler, activation)
 from afl.models.lora import HEAD, LoRAConfig
+from afl.models.transformer import (EncoderConfig, SelfAttention, _Backbone,
+                                    _Block, _dense, _Intermediate,
+                                    _layer_norm, _Pooler)
 
 POOLINGS = ("cls", "mean")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ViTConfig:
-  """The architecture fields of an HF ViT config.json (defaults: ViT-B/16).
-
-  Build with `ViTConfig.from_hf(dict_or_transformers_config)`.
-  """
-  hidden_size: int = 768
-  num_hidden_layers: int = 12
-  num_attention_heads: int = 12
-  intermediate_size: int = 3072
-  hidden_act: str = "gelu"
+class ViTConfig(EncoderConfig):
+  """HF ViT config.json fields beyond EncoderConfig (defaults: ViT-B/16)."""
   hidden_dropout_prob: float = 0.0
   attention_probs_dropout_prob: float = 0.0
-  layer_norm_eps: float = 1e-12
   image_size: int = 224
   patch_size: int = 16
   num_channels: int = 3
@@ -48,27 +40,17 @@ class ViTConfig:
   pooler_output_size: int = 0  # 0: hidden_size, as HF's default
   pooler_act: str = "tanh"
 
-  def __post_init__(self):
-    if self.hidden_size % self.num_attention_heads:
-      raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of "
-                       f"num_attention_heads {self.num_attention_heads}")
+  def _check(self):
     if self.image_size % self.patch_size:
       raise ValueError(f"image_size {self.image_size} is not a multiple of "
                        f"patch_size {self.patch_size}")
     if self.pooler_act != "tanh":
       raise ValueError(f"only pooler_act='tanh' is supported, got "
                        f"{self.pooler_act!r}")
-    activation(self.hidden_act)
 
   @property
   def num_patches(self) -> int:
     return (self.image_size // self.patch_size) ** 2
-
-  @classmethod
-  def from_hf(cls, config, **overrides) -> "ViTConfig":
-    """From a config.json dict or a `transformers` config; unknown keys are
-    ignored, `overrides` win."""
-    return _from_fields(cls, config, **overrides)
 
 
 class _PatchEmbeddings(nn.Module):
@@ -107,11 +89,8 @@ class _Embeddings(nn.Module):
     return nn.Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
-class _DenseDropout(nn.Module):
+class _DenseDropout(_Block):
   """Dense (LoRA target `target`) + dropout: HF's ViT*Output modules."""
-  config: ViTConfig
-  lora: LoRAConfig
-  dtype: Any
   target: str
 
   @nn.compact
@@ -122,10 +101,7 @@ class _DenseDropout(nn.Module):
         y, deterministic=deterministic)
 
 
-class _Attention(nn.Module):
-  config: ViTConfig
-  lora: LoRAConfig
-  dtype: Any
+class _Attention(_Block):
 
   @nn.compact
   def __call__(self, x, deterministic):
@@ -137,23 +113,8 @@ class _Attention(nn.Module):
     return out(ctx, deterministic)
 
 
-class _Intermediate(nn.Module):
-  config: ViTConfig
-  lora: LoRAConfig
-  dtype: Any
-
-  @nn.compact
-  def __call__(self, x, deterministic):
-    c = self.config
-    y = _dense(c.intermediate_size, "dense", self.lora, self.dtype,
-               "mlp_in")(x, deterministic)
-    return activation(c.hidden_act)(y)
-
-
-class ViTLayer(nn.Module):
+class ViTLayer(_Block):
   """Pre-LN block: x + attn(LN(x)), then h + mlp(LN(h))."""
-  config: ViTConfig
-  lora: LoRAConfig
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -168,10 +129,7 @@ class ViTLayer(nn.Module):
     return x + out(h, deterministic)
 
 
-class _Encoder(nn.Module):
-  config: ViTConfig
-  lora: LoRAConfig
-  dtype: Any
+class _Encoder(_Block):
 
   @nn.compact
   def __call__(self, x, deterministic):
@@ -181,7 +139,7 @@ class _Encoder(nn.Module):
     return x
 
 
-class ViTModel(nn.Module):
+class ViTModel(_Backbone):
   """The ViT encoder; returns HF's `last_hidden_state` (after the final LN).
 
   Attributes:
@@ -205,10 +163,6 @@ class ViTModel(nn.Module):
   References:
     Dosovitskiy et al. (2021), ViT, sec. 3.1; Hu et al. (2021), LoRA.
   """
-  config: ViTConfig
-  lora: LoRAConfig = LoRAConfig()
-  add_pooling_layer: bool = False
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images, deterministic: bool = True):

@@ -92,14 +92,10 @@ def _epsilon(event, delta, accountant, pld_discretization):
   return float(acc.get_epsilon(delta))
 
 
-def client_dpsgd_epsilon(
-    noise_multiplier: float,
-    sampling_prob: float,
-    steps: int,
-    delta: float,
-    accountant: str = "rdp",
-    pld_discretization: float = DEFAULT_PLD_DISCRETIZATION,
-) -> float:
+def client_dpsgd_epsilon(noise_multiplier: float, sampling_prob: float,
+                         steps: int, delta: float, accountant: str = "rdp",
+                         pld_discretization: float = DEFAULT_PLD_DISCRETIZATION
+                         ) -> float:
   """Example-level epsilon of DP-SGD on one client's shard.
 
   The event is `SelfComposedDpEvent(PoissonSampledDpEvent(q,
@@ -129,14 +125,10 @@ def client_dpsgd_epsilon(
   return _epsilon(event, delta, accountant, pld_discretization)
 
 
-def server_dp_epsilon(
-    noise_multiplier: float,
-    participation_prob: float,
-    rounds: int,
-    delta: float,
-    accountant: str = "rdp",
-    pld_discretization: float = DEFAULT_PLD_DISCRETIZATION,
-) -> float:
+def server_dp_epsilon(noise_multiplier: float, participation_prob: float,
+                      rounds: int, delta: float, accountant: str = "rdp",
+                      pld_discretization: float = DEFAULT_PLD_DISCRETIZATION
+                      ) -> float:
   """User-level epsilon of DP-FedAvg after `rounds` aggregations.
 
   Each aggregation is a Gaussian mechanism on the sum of clipped client
@@ -167,14 +159,10 @@ def server_dp_epsilon(
 
 
 def calibrate_noise_multiplier(
-    target_epsilon: float,
-    sampling_prob: float,
-    steps: int,
-    delta: float,
+    target_epsilon: float, sampling_prob: float, steps: int, delta: float,
     accountant: str = "rdp",
     pld_discretization: float = DEFAULT_PLD_DISCRETIZATION,
-    rtol: float = 2e-3,
-) -> float:
+    rtol: float = 2e-3) -> float:
   """Smallest noise multiplier whose epsilon is at most `target_epsilon`.
 
   Uses `dp_accounting.calibrate_dp_mechanism` (Brent's method over sigma),

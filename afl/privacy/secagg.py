@@ -102,13 +102,16 @@ def _participants(participants, k: int) -> jax.Array:
   return jnp.asarray(participants, bool)
 
 
-def mask_updates(
-    flat: jax.Array,
-    ids: jax.Array,
-    round_key: jax.Array,
-    participants: Optional[jax.Array] = None,
-    scale=DEFAULT_SCALE,
-) -> jax.Array:
+def _cohort(rows: jax.Array, ids, participants):
+  """(K, D, int32 ids, [K] participant mask) of a [K, D] cohort array."""
+  k, dim = rows.shape
+  ids = jnp.asarray(ids, jnp.int32)
+  return k, dim, ids, _participants(participants, k)
+
+
+def mask_updates(flat: jax.Array, ids: jax.Array, round_key: jax.Array,
+                 participants: Optional[jax.Array] = None,
+                 scale=DEFAULT_SCALE) -> jax.Array:
   """Client side: encode and mask each participant's update.
 
   Client i's row becomes quantize(x_i) + PRG(b_i) + sum_{id_j > id_i}
@@ -138,9 +141,7 @@ def mask_updates(
   >>> unmask_sum(y, ids, jnp.array([True, True, True]), key).tolist()
   [9.0, 12.0]
   """
-  k, dim = flat.shape
-  ids = jnp.asarray(ids, jnp.int32)
-  part = _participants(participants, k)
+  k, dim, ids, part = _cohort(flat, ids, participants)
   zero = jnp.zeros((), jnp.uint32)
   rows = jnp.arange(k)
 
@@ -164,14 +165,9 @@ def mask_updates(
   return jnp.where(part[:, None], y, zero)
 
 
-def unmask_sum(
-    masked: jax.Array,
-    ids: jax.Array,
-    survivors: jax.Array,
-    round_key: jax.Array,
-    participants: Optional[jax.Array] = None,
-    scale=DEFAULT_SCALE,
-) -> jax.Array:
+def unmask_sum(masked: jax.Array, ids: jax.Array, survivors: jax.Array,
+               round_key: jax.Array, participants: Optional[jax.Array] = None,
+               scale=DEFAULT_SCALE) -> jax.Array:
   """Server side: the sum of the survivors' updates from masked vectors.
 
   Rows of clients that dropped out after masking are never read. The server
@@ -196,9 +192,7 @@ def unmask_sum(
     Bonawitz et al. 2017, "Practical Secure Aggregation for
       Privacy-Preserving Machine Learning", CCS, Sec. 3 (dropout recovery).
   """
-  k, dim = masked.shape
-  ids = jnp.asarray(ids, jnp.int32)
-  part = _participants(participants, k)
+  k, dim, ids, part = _cohort(masked, ids, participants)
   surv = part & jnp.asarray(survivors, bool)
   dropped = part & ~surv
   zero = jnp.zeros((), jnp.uint32)
