@@ -146,15 +146,11 @@ def build(cfg: ExperimentConfig, log: Callable = print) -> Components:
   backend, kind = _client_backend(cfg, apply_fn, privacy, atk,
                                   ds.num_classes, data_max, log)
 
-  agg_mesh = backend_lib.client_mesh(jax.local_devices())
-  if agg_mesh is not None and cfg.aggregator.entry.build(
-      cfg.aggregator.params).coordinatewise is not None:
-    log(f"aggregation sharded over {agg_mesh.devices.size} devices"
-        " along the parameter axis")
   server, mode = server_build.build(
       cfg, params, jax.random.fold_in(root, 2),
       update_attack=atk.update_attack() if atk.has_update_attack else None,
-      mesh=agg_mesh, **privacy.server_kwargs())
+      mesh=backend_lib.client_mesh(jax.local_devices()), log=log,
+      **privacy.server_kwargs())
 
   evaluate_backdoor = None
   if atk.kind == "backdoor":

@@ -23,12 +23,13 @@ def robust_fedasync(cfg, has_update_attack: bool) -> bool:
 
 
 def build_spec(cfg, params, key, *, update_attack=None, dp_clip=None,
-               dp_noise: float = 0.0, mesh=None) -> step_lib.ServerSpec:
+               dp_noise: float = 0.0, mesh=None,
+               log=print) -> step_lib.ServerSpec:
   """The static server spec: the two stage chains, optimizer and trust.
 
   `update_attack`: an `afl.attacks` update attack or None; `dp_clip`,
   `dp_noise`: server DP's clip norm and noise multiplier (None: off);
-  `mesh`: shard coordinate-wise aggregation along D.
+  `mesh`: shard coordinate-wise aggregation along D (said in `log`).
   """
   s, agg_cfg = cfg.server, cfg.aggregator
   attack_key, private_key, stage_key = jax.random.split(key, 3)
@@ -53,8 +54,11 @@ def build_spec(cfg, params, key, *, update_attack=None, dp_clip=None,
         secagg=cfg.secagg if cfg.secagg.enabled else None))
   else:
     unravel = jax.flatten_util.ravel_pytree(params)[1]
-    aggregation.append(stages_lib.aggregate(
-        agg_cfg.entry.build(agg_cfg.params), unravel, mesh))
+    aggregator = agg_cfg.entry.build(agg_cfg.params)
+    if mesh is not None and aggregator.coordinatewise is not None:
+      log(f"aggregation sharded over {mesh.devices.size} devices along the "
+          "parameter axis")
+    aggregation.append(stages_lib.aggregate(aggregator, unravel, mesh))
 
   windowed = modes_lib.REGISTRY[s.mode].prop("windowed")
   window = (agg_cfg.window if windowed
@@ -74,6 +78,6 @@ def build(cfg, params, key, **spec_kwargs):
   spec = build_spec(cfg, params, key, **spec_kwargs)
   entry = modes_lib.REGISTRY[cfg.server.mode]
   server = Server(spec, cfg.server, params, entry.prop("rows")(cfg),
-                  cfg.num_clients, mesh=spec_kwargs.get("mesh"))
+                  cfg.num_clients)
   mode = entry.build(cfg.server.params, server=server, server_cfg=cfg.server)
   return server, mode

@@ -19,14 +19,12 @@ from afl.server import step as step_lib
 class Server:
 
   def __init__(self, spec: step_lib.ServerSpec, cfg, params, capacity: int,
-               num_clients: int, mesh=None):
+               num_clients: int):
     """`cfg`: the ServerConfig (staleness function, example weighting);
-    `capacity`: rows per buffer/round; `mesh`: set when coordinate-wise
-    aggregation is sharded (for the log only)."""
+    `capacity`: rows per buffer/round."""
     self.spec = spec
     self.cfg = cfg
     self.capacity = capacity
-    self.mesh = mesh
     self.state = step_lib.init_state(spec, params, capacity, num_clients)
     self.last_info = None
 
