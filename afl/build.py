@@ -21,6 +21,7 @@ from afl import communication as comm_lib
 from afl import evaluation
 from afl import models
 from afl import optim
+from afl import sampling as sampling_lib
 from afl.config import ExperimentConfig
 from afl.data import loaders
 from afl.data import partition as partition_lib
@@ -88,7 +89,28 @@ def make_partition(cfg: ExperimentConfig, labels, rng):
     raise ConfigError(f"config.data.partition: {e}") from None
 
 
-def _client_backend(cfg, apply_fn, privacy, atk, num_classes, data_max, log):
+def make_sampler(cfg: ExperimentConfig, shard_sizes, log: Callable = print):
+  """The clients' `afl.sampling.Sampler` and [num_clients] steps per task."""
+  c = cfg.client
+  kind = cfg.sampling()
+  smallest = int(np.min(shard_sizes))
+  if kind == "poisson" and c.batch_size > smallest:
+    raise ConfigError(
+        f"config.client.batch_size: {c.batch_size} exceeds the smallest "
+        f"shard ({smallest} examples), so poisson sampling cannot have "
+        f"q = batch_size / shard size <= 1; lower client.batch_size or "
+        f"raise data.min_shard_size")
+  sampler = sampling_lib.Sampler.make(kind, c.batch_size, shard_sizes)
+  steps = sampling_lib.task_steps(kind, c.local_steps, c.local_epochs,
+                                  shard_sizes, c.batch_size)
+  log(sampling_lib.describe(sampler, shard_sizes)
+      + (f", {c.local_epochs} local epoch(s): {steps.min()}-{steps.max()} "
+         "steps per task" if c.local_epochs else ""))
+  return sampler, steps
+
+
+def _client_backend(cfg, apply_fn, privacy, atk, num_classes, data_max,
+                    sampler, log):
   c = cfg.client
   client_dp = privacy.client_dp()
   microbatch = 0 if client_dp else backend_lib.resolve_grad_microbatch(
@@ -100,7 +122,8 @@ def _client_backend(cfg, apply_fn, privacy, atk, num_classes, data_max, log):
       c.batch_size, c.local_steps, dp=client_dp,
       data_attack=(atk.data_attack(num_classes, data_max)
                    if atk.has_data_attack else None),
-      grad_microbatch=microbatch)
+      grad_microbatch=microbatch, sampler=sampler,
+      local_epochs=c.local_epochs)
   kind = backend_lib.resolve_backend(
       c.backend, has_conv=cfg.model.entry.prop("conv"))
   mesh = backend_lib.client_mesh() if kind == "vmap" else None
@@ -141,10 +164,11 @@ def build(cfg: ExperimentConfig, log: Callable = print) -> Components:
       offsets=jnp.asarray(partition.offsets, jnp.int32),
       malicious=jnp.asarray(malicious), frozen=frozen)
   num_examples = partition.sizes()
+  sampler, task_steps = make_sampler(cfg, num_examples, log)
   privacy = privacy_lib.PrivacyLedger(cfg, cfg.rows_per_aggregation(),
-                                      num_examples, log)
+                                      num_examples, sampler, task_steps, log)
   backend, kind = _client_backend(cfg, apply_fn, privacy, atk,
-                                  ds.num_classes, data_max, log)
+                                  ds.num_classes, data_max, sampler, log)
 
   server, mode = server_build.build(
       cfg, params, jax.random.fold_in(root, 2),
@@ -169,7 +193,7 @@ def build(cfg: ExperimentConfig, log: Callable = print) -> Components:
       privacy=privacy, server=server, mode=mode,
       comm=comm_lib.Communication(cfg.compression, params),
       scheduler=Scheduler(cfg.scheduler, cfg.num_clients, cfg.concurrency,
-                          cfg.client.local_steps, sched_rng),
+                          task_steps, sched_rng),
       evaluate=evaluation.make_eval_fn(apply_fn, ds.test_x, ds.test_y,
                                        cfg.eval.batch_size, frozen),
       evaluate_backdoor=evaluate_backdoor)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from afl import sampling
 from afl.privacy import dp_sgd
 
 
@@ -43,6 +44,8 @@ class ClientState:
   opt_state: Any
   key: jax.Array
   loss_sum: jax.Array
+  step: jax.Array  # int32: local steps taken
+  epoch_key: jax.Array  # `shuffle`: the key of the task's permutations
 
 
 def task_key(root: jax.Array, client_id, task_index) -> jax.Array:
@@ -50,10 +53,14 @@ def task_key(root: jax.Array, client_id, task_index) -> jax.Array:
 
 
 def cross_entropy_loss(apply_fn):
-  """apply_fn(params, x, frozen) -> logits; frozen is ClientData.frozen."""
-  def loss_fn(params, x, y, frozen=None):
+  """apply_fn(params, x, frozen) -> logits; frozen is ClientData.frozen.
+
+  The loss is the batch mean, or with `weights` [B] the weighted sum (masked
+  batches: weights = mask / count)."""
+  def loss_fn(params, x, y, frozen=None, weights=None):
     logits = apply_fn(params, x, frozen)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return losses.mean() if weights is None else jnp.sum(losses * weights)
   return loss_fn
 
 
@@ -78,15 +85,22 @@ class ClientDP:
 def make_client_fns(loss_fn, optimizer: optax.GradientTransformation,
                     batch_size: int, local_steps: int,
                     dp: ClientDP | None = None,
-                    data_attack=None, grad_microbatch: int = 0) -> ClientFns:
+                    data_attack=None, grad_microbatch: int = 0,
+                    sampler: sampling.Sampler | None = None,
+                    local_epochs: int = 0) -> ClientFns:
   """Builds client_init / client_step / client_final.
 
   Args:
-    loss_fn: (params, x [B, ...], y [B], frozen) -> scalar mean loss.
+    loss_fn: (params, x [B, ...], y [B], frozen, weights=None) -> scalar:
+      the mean loss, or with weights [B] the weighted sum (masked batches).
     optimizer: the client's optax optimizer (fresh state every task).
-    batch_size: examples per local step, sampled with replacement from the
-      client's shard with the task's own key.
-    local_steps: number of `step` calls per task.
+    batch_size: examples per local step (expected, under `poisson`), drawn
+      from the client's shard with the task's own key by `sampler`.
+    local_steps: number of `step` calls per task (without `local_epochs`).
+    sampler: an `afl.sampling.Sampler`; default with replacement.
+    local_epochs: > 0 (shuffle): each task runs local_epochs * ceil(N / B)
+      steps, N its client's shard size; the program runs the largest
+      client's count and the steps past a client's own are no-ops.
     dp: when given, gradients are DP-SGD gradients (afl.privacy.dp_sgd), with
       noise drawn from the task's own key stream.
     data_attack: `afl.attacks` data attack fn(x, y, key, is_malicious);
@@ -102,6 +116,11 @@ def make_client_fns(loss_fn, optimizer: optax.GradientTransformation,
     ClientFns whose `final(state, start_params)` gives (delta, mean loss),
     delta = trained params - start params.
   """
+  if sampler is None:
+    sampler = sampling.Sampler("with_replacement", batch_size)
+  if local_epochs:
+    per_epoch = -(-sampler.max_shard // batch_size)
+    local_steps = local_epochs * per_epoch
   if grad_microbatch and grad_microbatch < batch_size:
     if batch_size % grad_microbatch:
       raise ValueError(f"grad_microbatch={grad_microbatch} must divide "
@@ -119,40 +138,66 @@ def make_client_fns(loss_fn, optimizer: optax.GradientTransformation,
            for i in range(parts)]
     return jax.tree_util.tree_map(lambda *a: sum(a) / parts, *out)
 
+  def masked_loss_and_grad(params, x, y, frozen, mask):
+    """The mean over the valid examples (0 for an empty batch)."""
+    w = mask / jnp.maximum(jnp.sum(mask), 1).astype(jnp.float32)
+    if parts == 1:
+      return jax.value_and_grad(loss_fn)(params, x, y, frozen, w)
+    m = grad_microbatch
+    out = [jax.value_and_grad(loss_fn)(params, x[i * m:(i + 1) * m],
+                                       y[i * m:(i + 1) * m], frozen,
+                                       w[i * m:(i + 1) * m])
+           for i in range(parts)]
+    return jax.tree_util.tree_map(lambda *a: sum(a), *out)
+
   def init(params, root_key, client_id, task_index):
+    key = task_key(root_key, client_id, task_index)
     return ClientState(params=params, opt_state=optimizer.init(params),
-                       key=task_key(root_key, client_id, task_index),
-                       loss_sum=jnp.zeros((), jnp.float32))
+                       key=key, loss_sum=jnp.zeros((), jnp.float32),
+                       step=jnp.zeros((), jnp.int32),
+                       epoch_key=jax.random.fold_in(key, 3))
 
   def step(state: ClientState, data: ClientData, client_id):
     key, sub = jax.random.split(state.key)
     start = data.offsets[client_id]
     size = data.offsets[client_id + 1] - start
-    pos = jax.random.randint(sub, (batch_size,), 0, jnp.maximum(size, 1))
+    pos, mask = sampler.positions(sub, size, state.step, state.epoch_key)
     idx = data.indices[start + pos]
     x, y = data.x[idx], data.y[idx]
     if data_attack is not None:
       x, y = data_attack(x, y, jax.random.fold_in(sub, 2),
                          data.malicious[client_id])
     frozen = data.frozen
-    if dp is None:
-      loss, grads = loss_and_grad(state.params, x, y, frozen)
-    else:
+    if dp is not None:
       # A key off the sampling stream, so batches match the non-DP run.
       noise_key = jax.random.fold_in(sub, 1)
       grads, aux = dp_sgd.dp_sgd_gradient(
           lambda p, ex: loss_fn(p, ex[0][None], ex[1][None], frozen),
-          state.params,
-          (x, y), jnp.ones((batch_size,), bool), noise_key, dp.clip_norm,
-          dp.noise_multiplier, dp.microbatch_size)
+          state.params, (x, y), mask, noise_key, dp.clip_norm,
+          dp.noise_multiplier, dp.microbatch_size, denominator=batch_size,
+          packed=sampler.kind == "poisson")
       loss = aux["loss"]  # the batch's mean loss, from the per-example pass
+    elif sampler.masked:
+      loss, grads = masked_loss_and_grad(state.params, x, y, frozen, mask)
+    else:
+      loss, grads = loss_and_grad(state.params, x, y, frozen)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    return ClientState(params=optax.apply_updates(state.params, updates),
-                       opt_state=opt_state, key=key,
-                       loss_sum=state.loss_sum + loss)
+    new = ClientState(params=optax.apply_updates(state.params, updates),
+                      opt_state=opt_state, key=key,
+                      loss_sum=state.loss_sum + loss, step=state.step + 1,
+                      epoch_key=state.epoch_key)
+    if not local_epochs:
+      return new
+    # Past this client's own local_epochs * ceil(N / B) steps: a no-op.
+    active = state.step < local_epochs * ((size + batch_size - 1)
+                                          // batch_size)
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(active, a, b), new,
+                                  state)
 
   def final(state: ClientState, start_params):
     delta = jax.tree_util.tree_map(jnp.subtract, state.params, start_params)
+    if local_epochs:
+      return delta, state.loss_sum / jnp.maximum(state.step, 1)
     return delta, state.loss_sum / local_steps
 
   return ClientFns(init, step, final, local_steps)

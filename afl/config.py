@@ -22,6 +22,7 @@ from afl import config_checks
 from afl import config_tree
 from afl.distributed import DistributedConfig
 from afl import models
+from afl import sampling
 from afl.data import partition as partition_lib
 from afl.server import modes
 from afl.server import stages
@@ -92,7 +93,14 @@ def _check_optax(path: str, name: str):
 @dataclasses.dataclass(**_kw)
 class ClientConfig:
   local_steps: int = 5
-  batch_size: int = 32
+  # > 0: FedAvg's E, local epochs over the shard (needs sampling=shuffle,
+  # the default then); replaces local_steps.
+  local_epochs: int = 0
+  batch_size: int = 32  # the expected batch size under poisson sampling
+  # auto | poisson | shuffle | with_replacement (afl.sampling); auto:
+  # poisson with dp.mode=client, shuffle with local_epochs, else
+  # with_replacement.
+  sampling: str = "auto"
   lr: float = 0.05
   optimizer: str = "sgd"  # any optax alias taking learning_rate
   optimizer_kwargs: dict = dataclasses.field(default_factory=dict)
@@ -114,7 +122,12 @@ class ClientConfig:
 
   def validate(self, p):
     _range(f"{p}.local_steps", self.local_steps, 1)
+    _range(f"{p}.local_epochs", self.local_epochs, 0)
     _range(f"{p}.batch_size", self.batch_size, 1)
+    _choice(f"{p}.sampling", self.sampling, ("auto",) + sampling.SCHEMES)
+    if self.local_epochs and self.sampling not in ("auto", "shuffle"):
+      _fail(f"{p}.local_epochs", f"epochs need {p}.sampling=shuffle, got "
+            f"{p}.sampling={self.sampling}")
     _range(f"{p}.lr", self.lr, 0, lo_open=True)
     _check_optax(f"{p}.optimizer", self.optimizer)
     _choice(f"{p}.backend", self.backend, ("auto", "vmap", "loop", "debug"))
@@ -238,6 +251,12 @@ class DPConfig:
   delta: float = 1e-5
   accountant: str = "rdp"  # rdp | pld
   microbatch_size: int = 0  # client mode: per-example grads in chunks
+  # Server mode: what accounting assumes of who takes part in an
+  # aggregation. none: no amplification, each client's epsilon composes the
+  # aggregations it was in (the worst client reported); poisson: users
+  # sampled with q = rows / num_clients (an assumption async FL does not
+  # satisfy; labelled so in the log and summary).
+  participation: str = "none"
 
   def validate(self, p):
     _choice(f"{p}.mode", self.mode, ("none", "client", "server"))
@@ -247,6 +266,7 @@ class DPConfig:
     _range(f"{p}.delta", self.delta, 0, 1, lo_open=True)
     _choice(f"{p}.accountant", self.accountant, ("rdp", "pld"))
     _range(f"{p}.microbatch_size", self.microbatch_size, 0)
+    _choice(f"{p}.participation", self.participation, ("none", "poisson"))
 
 
 @dataclasses.dataclass(**_kw)
@@ -341,6 +361,15 @@ class ExperimentConfig:
             f"got {self.concurrency}")
     config_checks.check_combinations(self)
     del p
+
+  def sampling(self) -> str:
+    """`client.sampling` with `auto` resolved."""
+    c = self.client
+    if c.sampling != "auto":
+      return c.sampling
+    if c.local_epochs:
+      return "shuffle"
+    return "poisson" if self.dp.mode == "client" else "with_replacement"
 
   def rows_per_aggregation(self) -> int:
     """Updates per aggregation of the configured server mode."""

@@ -44,6 +44,12 @@ def check_combinations(c):
     check = getattr(section.params, "check", None)
     if check is not None:
       check(c, path)
+  if (c.dp.mode == "client" and c.sampling() == "with_replacement"
+      and c.dp.accountant != "pld"):
+    fail("dp.accountant", "client.sampling=with_replacement is accounted as "
+         "a mixture of Gaussians (an example can repeat in a batch), which "
+         "only the pld accountant computes; use dp.accountant=pld or "
+         "client.sampling=poisson")
   private = c.secagg.enabled or c.dp.mode == "server"
   for name in c.aggregator.stages:
     if private and not stages.REGISTRY[name].prop("linear"):

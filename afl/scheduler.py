@@ -5,6 +5,8 @@ Each client has a slowness factor drawn once, `LogNormal(0, heterogeneity)`
 
   local_steps * step_time * slowness * X + network delay,
 
+(`local_steps` an int, or per client: local epochs over unequal shards).
+
 X ~ exponential(1), lognormal with mean 1, or 1 (constant), and the delay
 ~ exponential(network_delay). With probability `dropout_prob` a task drops
 out at a uniform point of that duration and never arrives.
@@ -81,7 +83,7 @@ class Scheduler:
   """
 
   def __init__(self, cfg: SchedulerConfig, num_clients: int, concurrency: int,
-               local_steps: int, rng: np.random.Generator):
+               local_steps, rng: np.random.Generator):
     self.cfg = cfg
     self.num_clients = num_clients
     self.concurrency = concurrency

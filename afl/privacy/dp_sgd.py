@@ -215,18 +215,18 @@ def dp_sgd_gradient(
     clip_norm,
     noise_multiplier,
     microbatch_size: Optional[int] = None,
+    denominator: Optional[int] = None,
+    packed: bool = False,
 ) -> tuple[PyTree, dict]:
   """One DP-SGD gradient: clip per example, sum, add noise, divide by B.
 
   g = (sum_b clip_C(grad_b) + N(0, (sigma C)^2 I)) / B.
 
-  The divisor is the fixed, padded batch size B (a static shape), not the
-  number of valid examples. B is public and data-independent, so dividing by
-  it is post-processing of the Gaussian mechanism; dividing by the count of
-  valid examples would make the scale depend on whether a record is present.
-  With a full batch this is the usual mean gradient; with padding it is
-  shrunk by (valid / B), exactly as standard fixed-batch-size DP-SGD does,
-  and the accountant's sampling rate should be B / shard size.
+  The divisor B is `denominator` (Poisson sampling: the expected batch
+  size) or else the padded batch size (a static shape), never the number of
+  valid examples: B is public and data-independent, so dividing by it is
+  post-processing of the Gaussian mechanism, whereas dividing by the count
+  would make the scale depend on whether a record is present.
 
   Works under `jax.jit` and under an outer `jax.vmap` over clients (batch,
   mask, key — and params, if clients start from different versions — mapped
@@ -243,6 +243,10 @@ def dp_sgd_gradient(
     microbatch_size: If set, the batch is processed in chunks of this many
       examples with `lax.scan`, accumulating the clipped sum, so only one
       chunk's per-example gradients are alive at a time.
+    denominator: The public divisor B (default: the padded batch size).
+    packed: The valid examples come first (Poisson batches): with
+      `microbatch_size`, only the chunks holding valid examples are computed
+      (a `lax.while_loop` over ceil(valid / microbatch_size) chunks).
 
   Returns:
     (noised mean gradient, a pytree like params; aux dict with
@@ -286,14 +290,26 @@ def dp_sgd_gradient(
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
     zero = jnp.zeros((), jnp.float32)
-    (total, n_clipped, norm_sum, loss_sum), _ = lax.scan(
-        body, (zeros, jnp.zeros((), jnp.int32), zero, zero), (chunks, cmask))
+    init = (zeros, jnp.zeros((), jnp.int32), zero, zero)
+    if packed:
+      m = int(microbatch_size)
+      used = (jnp.sum(mask.astype(jnp.int32)) + m - 1) // m
+
+      def loop_body(i, carry):
+        chunk = jax.tree_util.tree_map(lambda a: a[i], (chunks, cmask))
+        return body(carry, chunk)[0]
+      total, n_clipped, norm_sum, loss_sum = lax.fori_loop(
+          0, used, loop_body, init)
+    else:
+      (total, n_clipped, norm_sum, loss_sum), _ = lax.scan(
+          body, init, (chunks, cmask))
 
   num_valid = jnp.sum(mask.astype(jnp.int32))
   stddev = (jnp.asarray(noise_multiplier, jnp.float32)
             * jnp.asarray(clip_norm, jnp.float32))
   noised = add_gaussian_noise(total, key, stddev)
-  grad = jax.tree_util.tree_map(lambda x: x / jnp.asarray(size, x.dtype),
+  divisor = size if denominator is None else denominator
+  grad = jax.tree_util.tree_map(lambda x: x / jnp.asarray(divisor, x.dtype),
                                 noised)
   denom = jnp.maximum(num_valid, 1).astype(jnp.float32)
   aux = {

@@ -62,11 +62,13 @@ class _Buffered:
     self.server = server
     self.cfg = server_cfg
     self.buffer: list[Arrival] = []
+    self.last_client_ids: list[int] = []  # of the last aggregation
 
   def flush(self, stalenesses=None) -> bool:
     if not self.buffer:
       return False
     self.server.aggregate(self.buffer, stalenesses)
+    self.last_client_ids = [a.client_id for a in self.buffer]
     self.buffer = []
     return True
 
@@ -136,6 +138,7 @@ class FedAsync:
     self.alpha = mixing_alpha
     self.server = server
     self.cfg = server_cfg
+    self.last_client_ids: list[int] = []  # of the last new version
 
   def start(self, loop):
     for _ in range(loop.cfg.concurrency):
@@ -145,6 +148,7 @@ class FedAsync:
     a = self.alpha * float(staleness_weight(
         arrival.staleness, self.cfg.staleness_fn, self.cfg.staleness_a,
         self.cfg.staleness_b))
+    self.last_client_ids = [arrival.client_id]
     if self.server.spec.window:
       self.server.window_arrival(arrival, a)
     else:
