@@ -24,6 +24,7 @@ for the platform at hand.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import os
 
 import jax
@@ -106,6 +107,10 @@ class Backend:
       wrap = jit if kind == "loop" else (lambda f: f)
       self._init = wrap(fns.init)
       self._step = wrap(fns.step)
+      if fns.buckets:
+        self._count = wrap(fns.count)
+        self._bucket_steps = {b: wrap(functools.partial(fns.step, bucket=b))
+                              for b in fns.buckets}
       self._final = wrap(fns.final)
     else:
       raise ValueError(f"unknown client backend {kind!r}")
@@ -179,13 +184,24 @@ class Backend:
     for params, cid, tidx in zip(start_params, client_ids, task_indices):
       cid = np.int32(cid)
       state = self._init(params, root_key, cid, np.int32(tidx))
-      for _ in range(self.fns.local_steps):
-        state = self._step(state, data, cid)
+      sizes = (np.asarray(self._count(state, data, cid)) if self.fns.buckets
+               else [None] * self.fns.local_steps)
+      for size in sizes:
+        state = self.local_step(state, data, cid, size)
       delta, loss = self._final(state, params)
       if self._pool is not None:  # keep this worker's core busy in turn
         jax.block_until_ready(delta)
       out.append((delta, loss))
     return out
+
+
+  def local_step(self, state, data, cid, size=None):
+    """One local step of the loop backends; Poisson batches of `size`
+    examples (`fns.count`) run in the smallest bucket that holds them."""
+    if size is None:
+      return self._step(state, data, cid)
+    bucket = next(b for b in self.fns.buckets if b >= size)
+    return self._bucket_steps[bucket](state, data, cid)
 
 
 def global_array(x: np.ndarray, sharding) -> jax.Array:

@@ -71,6 +71,14 @@ class ClientFns:
   step: Callable[..., ClientState]
   final: Callable[..., tuple[Any, jax.Array]]
   local_steps: int
+  # Poisson batches: `count(state, data, client_id)` gives the batch sizes
+  # of a task's local steps from its initial state, and `step(...,
+  # bucket=b)` (b in `buckets`, at least that step's size) computes only
+  # the first b slots. Host loops use them to skip the padding (XLA:CPU
+  # runs a convolution inside `lax.cond` many times slower than outside
+  # it); the result is the same.
+  count: Callable[..., jax.Array] | None = None
+  buckets: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,11 +165,23 @@ def make_client_fns(loss_fn, optimizer: optax.GradientTransformation,
                        step=jnp.zeros((), jnp.int32),
                        epoch_key=jax.random.fold_in(key, 3))
 
-  def step(state: ClientState, data: ClientData, client_id):
+  def sample(state: ClientState, data: ClientData, client_id):
     key, sub = jax.random.split(state.key)
     start = data.offsets[client_id]
     size = data.offsets[client_id + 1] - start
     pos, mask = sampler.positions(sub, size, state.step, state.epoch_key)
+    return key, sub, start, size, pos, mask
+
+  def count(state: ClientState, data: ClientData, client_id):
+    def one(st, _):
+      key, *_, mask = sample(st, data, client_id)
+      return st.replace(key=key, step=st.step + 1), jnp.sum(mask)
+    return jax.lax.scan(one, state, None, length=local_steps)[1]
+
+  def step(state: ClientState, data: ClientData, client_id, bucket=None):
+    key, sub, start, size, pos, mask = sample(state, data, client_id)
+    if bucket is not None:  # the caller knows the batch fits
+      pos, mask = pos[:bucket], mask[:bucket]
     idx = data.indices[start + pos]
     x, y = data.x[idx], data.y[idx]
     if data_attack is not None:
@@ -175,7 +195,7 @@ def make_client_fns(loss_fn, optimizer: optax.GradientTransformation,
           lambda p, ex: loss_fn(p, ex[0][None], ex[1][None], frozen),
           state.params, (x, y), mask, noise_key, dp.clip_norm,
           dp.noise_multiplier, dp.microbatch_size, denominator=batch_size,
-          packed=sampler.kind == "poisson")
+          packed=sampler.kind == "poisson" and bucket is None)
       loss = aux["loss"]  # the batch's mean loss, from the per-example pass
     elif sampler.masked:
       loss, grads = masked_loss_and_grad(state.params, x, y, frozen, mask)
@@ -200,7 +220,11 @@ def make_client_fns(loss_fn, optimizer: optax.GradientTransformation,
       return delta, state.loss_sum / jnp.maximum(state.step, 1)
     return delta, state.loss_sum / local_steps
 
-  return ClientFns(init, step, final, local_steps)
+  if sampler.kind != "poisson":
+    return ClientFns(init, step, final, local_steps)
+  p = sampler.padded_size
+  buckets = tuple(sorted({min(p, b) for b in range(batch_size, p + 4, 4)}))
+  return ClientFns(init, step, final, local_steps, count, buckets)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -103,7 +103,7 @@ class Simulation:
 
   def new_version(self):
     loop = self.loop
-    self.c.privacy.server_aggregated()
+    self.c.privacy.server_aggregated(self.c.mode.last_client_ids)
     old = loop.version
     loop.version += 1
     loop.versions[loop.version] = self.server.params
@@ -194,6 +194,8 @@ class Simulation:
     extra = {}
     if self.c.evaluate_backdoor is not None:
       extra["attack_success_rate"] = self.c.evaluate_backdoor(params)[0]
+    if self.cfg.secagg.enabled:
+      extra["secagg_clipped"] = self.server.secagg_clipped()
     self.history.counters["non_finite"] = self.server.non_finite()
     loop = self.loop
     return self.history.record(

@@ -206,6 +206,26 @@ def clipped_sum(
 # --------------------------------------------------------------------------
 
 
+def _clipped_sums(loss_fn, params, batch, mask, clip_norm, microbatch_size):
+  """(clipped sum, clipped count, sum of norms, sum of losses) of a batch,
+  in one pass or in chunks of `microbatch_size` (`lax.scan`)."""
+  if microbatch_size is None:
+    losses, grads = _masked_losses_and_grads(loss_fn, params, batch, mask)
+    total, norms = _clip_and_sum(grads, mask, clip_norm)
+    return (total, jnp.sum(mask & (norms > clip_norm)),
+            jnp.sum(jnp.where(mask, norms, 0.0)), jnp.sum(losses))
+  chunks, cmask = _chunk(batch, mask, microbatch_size)
+
+  def body(carry, chunk):
+    out = _clipped_sums(loss_fn, params, *chunk, clip_norm, None)
+    return jax.tree_util.tree_map(jnp.add, carry, out), None
+
+  zero = jnp.zeros((), jnp.float32)
+  init = (jax.tree_util.tree_map(jnp.zeros_like, params),
+          jnp.zeros((), jnp.int32), zero, zero)
+  return lax.scan(body, init, (chunks, cmask))[0]
+
+
 def dp_sgd_gradient(
     loss_fn: Callable[[PyTree, PyTree], jax.Array],
     params: PyTree,
@@ -244,9 +264,9 @@ def dp_sgd_gradient(
       examples with `lax.scan`, accumulating the clipped sum, so only one
       chunk's per-example gradients are alive at a time.
     denominator: The public divisor B (default: the padded batch size).
-    packed: The valid examples come first (Poisson batches): with
-      `microbatch_size`, only the chunks holding valid examples are computed
-      (a `lax.while_loop` over ceil(valid / microbatch_size) chunks).
+    packed: The valid examples come first (Poisson batches, padded beyond
+      their expected size `denominator`): the slots past `denominator` are
+      computed only when they hold a valid example (`lax.cond`).
 
   Returns:
     (noised mean gradient, a pytree like params; aux dict with
@@ -267,42 +287,25 @@ def dp_sgd_gradient(
   """
   mask = jnp.asarray(mask, bool)
   size = _batch_size(batch)
-  if microbatch_size is None:
-    losses, grads = _masked_losses_and_grads(loss_fn, params, batch, mask)
-    total, norms = _clip_and_sum(grads, mask, clip_norm)
-    valid_norms = jnp.where(mask, norms, 0.0)
-    n_clipped = jnp.sum(mask & (norms > clip_norm))
-    norm_sum = jnp.sum(valid_norms)
-    loss_sum = jnp.sum(losses)
+  sums = lambda b, m: _clipped_sums(loss_fn, params, b, m, clip_norm,
+                                    microbatch_size)
+  split = min(size, denominator or size)
+  if packed and split < size:
+    # The first B slots always (a Poisson batch rarely has fewer than B
+    # valid examples), the rest only when it holds any.
+    cut = lambda a: (a[:split], a[split:])
+    (head, tail), (head_mask, tail_mask) = (
+        jax.tree_util.tree_transpose(
+            jax.tree_util.tree_structure(batch),
+            jax.tree_util.tree_structure((0, 0)),
+            jax.tree_util.tree_map(cut, batch)), cut(mask))
+    first = sums(head, head_mask)
+    rest = lax.cond(jnp.any(tail_mask), lambda: sums(tail, tail_mask),
+                    lambda: jax.tree_util.tree_map(jnp.zeros_like, first))
+    total, n_clipped, norm_sum, loss_sum = jax.tree_util.tree_map(
+        jnp.add, first, rest)
   else:
-    chunks, cmask = _chunk(batch, mask, microbatch_size)
-
-    def body(carry, chunk):
-      acc, n_clip, nsum, lsum = carry
-      c_batch, c_mask = chunk
-      c_losses, g = _masked_losses_and_grads(loss_fn, params, c_batch,
-                                             c_mask)
-      s, nrm = _clip_and_sum(g, c_mask, clip_norm)
-      acc = jax.tree_util.tree_map(jnp.add, acc, s)
-      n_clip = n_clip + jnp.sum(c_mask & (nrm > clip_norm))
-      nsum = nsum + jnp.sum(jnp.where(c_mask, nrm, 0.0))
-      return (acc, n_clip, nsum, lsum + jnp.sum(c_losses)), None
-
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    zero = jnp.zeros((), jnp.float32)
-    init = (zeros, jnp.zeros((), jnp.int32), zero, zero)
-    if packed:
-      m = int(microbatch_size)
-      used = (jnp.sum(mask.astype(jnp.int32)) + m - 1) // m
-
-      def loop_body(i, carry):
-        chunk = jax.tree_util.tree_map(lambda a: a[i], (chunks, cmask))
-        return body(carry, chunk)[0]
-      total, n_clipped, norm_sum, loss_sum = lax.fori_loop(
-          0, used, loop_body, init)
-    else:
-      (total, n_clipped, norm_sum, loss_sum), _ = lax.scan(
-          body, init, (chunks, cmask))
+    total, n_clipped, norm_sum, loss_sum = sums(batch, mask)
 
   num_valid = jnp.sum(mask.astype(jnp.int32))
   stddev = (jnp.asarray(noise_multiplier, jnp.float32)

@@ -48,7 +48,9 @@ def build_spec(cfg, params, key, *, update_attack=None, dp_clip=None,
     entry = stages_lib.REGISTRY[name]
     aggregation.append(entry.build(getattr(cfg.stage, name),
                                    key=jax.random.fold_in(stage_key, i)))
+  private_at = None
   if dp_clip is not None or cfg.secagg.enabled:
+    private_at = len(aggregation)
     aggregation.append(private.private_mean(
         private_key, dp_clip=dp_clip, dp_noise=dp_noise,
         secagg=cfg.secagg if cfg.secagg.enabled else None))
@@ -69,7 +71,7 @@ def build_spec(cfg, params, key, *, update_attack=None, dp_clip=None,
       clients=stages_lib.chain(*clients),
       aggregation=stages_lib.chain(*aggregation), optimizer=optimizer,
       trust=cfg.trust.trust_config() if cfg.trust.enabled else None,
-      window=window, non_finite_at=non_finite_at,
+      window=window, non_finite_at=non_finite_at, private_at=private_at,
       merged=s.merge_client_rows)
 
 

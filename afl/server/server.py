@@ -41,6 +41,13 @@ class Server:
     """Rows dropped as non-finite so far."""
     return int(self.state.stages[0][self.spec.non_finite_at])
 
+  def secagg_clipped(self) -> int:
+    """Coordinates secure aggregation clipped to its fixed-point range so
+    far (0 without the privacy stage)."""
+    if self.spec.private_at is None:
+      return 0
+    return int(self.state.stages[1][self.spec.private_at][1])
+
   def _run(self, fn, *args):
     params = self.state.params
     self.state, self.last_info = fn(self.spec, params,

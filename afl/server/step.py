@@ -52,6 +52,7 @@ class ServerSpec:
   trust: trust_lib.TrustConfig | None = None
   window: int = 0  # fedasync robust window rows; 0 = none
   non_finite_at: int = 0  # index of the validity stage in `clients`
+  private_at: int | None = None  # the privacy stage in `aggregation`, or None
   merged: bool = False  # the clients chain merges a client's rows
 
 
