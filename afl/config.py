@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
 from afl import aggregators
 from afl import attacks
@@ -285,6 +286,7 @@ class SecAggConfig:
 
 @dataclasses.dataclass(**_kw)
 class StopConfig:
+  UNBOUNDED: ClassVar[tuple] = ("max_virtual_time", "max_wall_seconds")
   max_versions: int = 100
   max_virtual_time: float = math.inf
   max_wall_seconds: float = math.inf

@@ -12,6 +12,7 @@ validates each component's parameters and gives the chosen one as
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, ClassVar
@@ -109,8 +110,28 @@ def default(cls):
   return dataclasses.field(default_factory=lambda: component_section(cls)())
 
 
-def coerce(path: str, value: Any, hint: Any) -> Any:
-  """Checks `value` against the annotation `hint`, allowing int -> float."""
+def _finite(path: str, value: Any, unbounded: bool = False):
+  """NaN never passes; inf only where the key is `unbounded`."""
+  if isinstance(value, float) and not math.isfinite(value) and not (
+      unbounded and math.isinf(value) and value > 0):
+    fail(path, f"must be a finite number, got {value!r}")
+  if isinstance(value, dict):
+    for k, v in value.items():
+      _finite(f"{path}.{k}", v)
+  elif isinstance(value, (list, tuple)):
+    for i, v in enumerate(value):
+      _finite(f"{path}[{i}]", v)
+
+
+def coerce(path: str, value: Any, hint: Any, unbounded: bool = False) -> Any:
+  """Checks `value` against the annotation `hint`, allowing int -> float.
+
+  Non-finite floats are refused, here and inside dicts and tuples (e.g.
+  `optimizer_kwargs`), except +inf for an `unbounded` key (a section's
+  `UNBOUNDED`, such as `stop.max_wall_seconds`)."""
+  if is_config_dict(value):
+    value = value.to_dict()
+  _finite(path, value, unbounded)
   origin = typing.get_origin(hint)
   if hint is float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -135,8 +156,6 @@ def coerce(path: str, value: Any, hint: Any) -> Any:
       fail(path, f"expected a tuple, got {type(value).__name__} {value!r}")
     return tuple(value)
   if hint is dict:
-    if is_config_dict(value):
-      return value.to_dict()
     if not isinstance(value, dict):
       fail(path, f"expected a dict, got {type(value).__name__} {value!r}")
     return dict(value)
@@ -173,7 +192,8 @@ def build(cls, cfg, path: str, localns: dict | None = None):
         fail(sub, f"expected a section, got {value!r}")
       kwargs[name] = build(hint, value, sub, localns)
     else:
-      kwargs[name] = coerce(sub, value, hint)
+      kwargs[name] = coerce(sub, value, hint,
+                            unbounded=name in getattr(cls, "UNBOUNDED", ()))
   obj = cls(**kwargs)
   obj.validate(path)
   if isinstance(obj, Component):

@@ -1,10 +1,11 @@
 """Config validation: one clear line naming the key."""
+import re
 import subprocess
 import sys
 
 import pytest
 
-from afl.config import ConfigError, build_config
+from afl.config import ConfigError, base_config, build_config
 from configs import tiny
 
 
@@ -139,3 +140,52 @@ def test_missing_hf_checkpoint_is_one_line(tmp_path):
   assert r.returncode == 2
   line = r.stderr.strip().splitlines()[-1]
   assert line.startswith("error: ") and f"{tmp_path}/vit" in line, line
+
+
+def _float_keys(section, prefix=""):
+  for key, value in section.items():
+    path = f"{prefix}{key}"
+    if hasattr(value, "items"):
+      yield from _float_keys(value, path + ".")
+    elif isinstance(value, float):
+      yield path
+
+
+FLOAT_KEYS = sorted(_float_keys(base_config()))
+
+
+def _set(c, path, value):
+  *parents, last = path.split(".")
+  for p in parents:
+    c = c[p]
+  c[last] = value
+
+
+def test_every_float_key_is_covered():
+  # The walk finds the privacy keys and the registered components' floats.
+  for key in ("dp.noise_multiplier", "dp.clip_norm", "dp.delta",
+              "dp.target_epsilon", "secagg.scale", "client.lr",
+              "stop.max_wall_seconds"):
+    assert key in FLOAT_KEYS
+  assert len(FLOAT_KEYS) > 30
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_nan_and_inf_are_refused_naming_the_key(key):
+  for bad in (float("nan"), float("inf"), float("-inf")):
+    c = base_config()
+    _set(c, key, bad)
+    if bad == float("inf") and key in ("stop.max_virtual_time",
+                                       "stop.max_wall_seconds"):
+      build_config(c)  # no limit: the default
+      continue
+    with pytest.raises(ConfigError, match=rf"^config\.{re.escape(key)}: "):
+      build_config(c)
+
+
+def test_non_finite_values_inside_dicts_are_refused():
+  c = base_config()
+  c.client.optimizer_kwargs = {"momentum": float("nan")}
+  with pytest.raises(ConfigError, match=r"^config\.client\.optimizer_kwargs"
+                     r"\.momentum: must be a finite number, got nan"):
+    build_config(c)
