@@ -34,8 +34,10 @@ from scipy import stats
 SCHEMES = ("with_replacement", "poisson", "shuffle")
 
 # Per-step probability that a Poisson batch has more examples than its
-# padded size (the surplus would be dropped), for the largest shard.
-TRUNCATION_PROB = 1e-9
+# padded size (the surplus would be dropped), for the largest shard: small
+# enough that even under add/remove adjacency, where truncation adds up to
+# (1 + e^eps) * steps * TRUNCATION_PROB to delta, it is negligible (README).
+TRUNCATION_PROB = 1e-15
 
 
 def poisson_padded_size(batch_size: int, max_shard: int,
