@@ -202,10 +202,16 @@ def write_report(workdir: str) -> str:
     rows = [("mode", dp.get("mode")),
             ("epsilon (final)", _fmt(val("epsilon"), 3)),
             ("delta", _fmt(val("dp_delta") or dp.get("delta"))),
-            ("noise multiplier", _fmt(val("noise_multiplier")
+            ("noise multiplier", _fmt(val("dp_noise_multiplier")
                                       or dp.get("noise_multiplier"), 3)),
             ("clip norm", _fmt(dp.get("clip_norm"))),
-            ("accountant", dp.get("accountant", "–"))]
+            ("accountant", dp.get("accountant", "–")),
+            ("sampling", _fmt(val("dp_sampling"))),
+            ("sampling rate (worst client)", _fmt(val("dp_sampling_rate"),
+                                                  4)),
+            ("mechanisms (worst client)", _fmt(val("dp_steps")))]
+    if val("dp_assumption") is not None:
+      rows.append(("assumption", val("dp_assumption")))
     lines += ["## Privacy", ""] + _table(rows, ("", "value"))
 
   # Communication.

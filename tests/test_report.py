@@ -83,7 +83,8 @@ def _write_fake_run(wd, *, summary=True):
           final_test_accuracy=0.65, best_test_accuracy=0.65,
           num_server_versions=4, client_updates=12, wall_seconds=0.4,
           virtual_time=6.0, epsilon=2.8125, bytes_total=4000,
-          num_malicious=4, num_quarantined=2, quarantined_ids=[1, 3, 9],
+          dp_sampling="poisson", dp_sampling_rate=0.25, dp_steps=9,
+          dp_noise_multiplier=1.25, num_malicious=4, num_quarantined=2, quarantined_ids=[1, 3, 9],
           mean_trust_malicious=None)) + "\n")
   return records
 
@@ -96,6 +97,10 @@ def test_report_optional_sections(tmp_path):
   privacy = md.split("## Privacy")[1].split("##")[0]
   assert "| epsilon (final) | 2.812 |" in privacy
   assert "| mode | client |" in privacy
+  for row in ("| sampling | poisson |", "| sampling rate (worst client) | "
+              "0.2500 |", "| mechanisms (worst client) | 9 |",
+              "| noise multiplier | 1.250 |"):
+    assert row in privacy, row
   attack = md.split("## Attack")[1].split("##")[0]
   assert "| attack | sign_flip |" in attack
   assert "| malicious clients | 4 |" in attack

@@ -91,7 +91,7 @@ def server_noised_mean(
     key: PRNG key for the noise.
     expected_count: Optional fixed divisor (Python number or scalar array).
     sum_fn: Optional `(clipped [K, D], valid [K]) -> [D]` computing the sum
-      (secure aggregation's `secagg.secure_sum`); default a plain sum.
+      (secure aggregation: `secagg.secure_sum(...)[0]`); default a plain sum.
 
   Returns:
     [D] noised mean update.
