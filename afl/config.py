@@ -94,13 +94,10 @@ def _check_optax(path: str, name: str):
 @dataclasses.dataclass(**_kw)
 class ClientConfig:
   local_steps: int = 5
-  # > 0: FedAvg's E, local epochs over the shard (needs sampling=shuffle,
-  # the default then); replaces local_steps.
-  local_epochs: int = 0
+  local_epochs: int = 0  # > 0: FedAvg's E over the shard (shuffle), not steps
   batch_size: int = 32  # the expected batch size under poisson sampling
-  # auto | poisson | shuffle | with_replacement (afl.sampling); auto:
-  # poisson with dp.mode=client, shuffle with local_epochs, else
-  # with_replacement.
+  # auto (poisson with client DP, shuffle with local_epochs, else
+  # with_replacement) | poisson | shuffle | with_replacement (afl.sampling)
   sampling: str = "auto"
   lr: float = 0.05
   optimizer: str = "sgd"  # any optax alias taking learning_rate
@@ -252,11 +249,8 @@ class DPConfig:
   delta: float = 1e-5
   accountant: str = "rdp"  # rdp | pld
   microbatch_size: int = 0  # client mode: per-example grads in chunks
-  # Server mode: what accounting assumes of who takes part in an
-  # aggregation. none: no amplification, each client's epsilon composes the
-  # aggregations it was in (the worst client reported); poisson: users
-  # sampled with q = rows / num_clients (an assumption async FL does not
-  # satisfy; labelled so in the log and summary).
+  # Server mode accounting: none (each client's aggregations composed, no
+  # amplification) | poisson (q = rows / num_clients: a labelled assumption)
   participation: str = "none"
 
   def validate(self, p):

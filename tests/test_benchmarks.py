@@ -17,8 +17,14 @@ _DEV_ONLY = ("ml_collections", "chex", "transformers", "datasets",
 
 def test_throughput_runs_without_dev_packages(tmp_path):
   out = tmp_path / "t.json"
-  code = (f"import sys, runpy\n"
-          f"for m in {_DEV_ONLY!r}: sys.modules[m] = None\n"
+  # Absent as in such an image: importing them fails, and they are not in
+  # sys.modules (scipy looks for torch there).
+  code = (f"import sys, runpy, importlib.abc\n"
+          f"class Absent(importlib.abc.MetaPathFinder):\n"
+          f"  def find_spec(self, name, path, target=None):\n"
+          f"    if name.split('.')[0] in {_DEV_ONLY!r}:\n"
+          f"      raise ModuleNotFoundError(name)\n"
+          f"sys.meta_path.insert(0, Absent())\n"
           f"sys.argv = ['throughput.py', '--workloads', 'mlp', '--backends',"
           f" 'loop:1,vmap:1', '--cohorts', '2', '--repeats', '1',"
           f" '--min-seconds', '0', '--out', {str(out)!r}]\n"
