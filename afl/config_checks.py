@@ -50,6 +50,10 @@ def check_combinations(c):
          "a mixture of Gaussians (an example can repeat in a batch), which "
          "only the pld accountant computes; use dp.accountant=pld or "
          "client.sampling=poisson")
+  for name in c.aggregator.stages:
+    check = getattr(getattr(c.stage, name), "check", None)
+    if check is not None:
+      check(c, f"stage.{name}")
   private = c.secagg.enabled or c.dp.mode == "server"
   for name in c.aggregator.stages:
     if private and not stages.REGISTRY[name].prop("linear"):

@@ -12,3 +12,7 @@ from afl.server.rows import Arrival, Rows
 from afl.server.server import Server
 from afl.server.staleness import staleness_weight
 from afl.server.step import ServerSpec, ServerState
+# Registered pre-aggregation stages (imported for registration).
+from afl.server import bucketing  # noqa: F401,E402
+from afl.server import momentum  # noqa: F401,E402
+from afl.server import nnm  # noqa: F401,E402

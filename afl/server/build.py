@@ -46,8 +46,11 @@ def build_spec(cfg, params, key, *, update_attack=None, dp_clip=None,
   aggregation = []
   for i, name in enumerate(agg_cfg.stages):
     entry = stages_lib.REGISTRY[name]
+    context = ({"num_clients": cfg.num_clients} if entry.prop("per_client")
+               else {})
     aggregation.append(entry.build(getattr(cfg.stage, name),
-                                   key=jax.random.fold_in(stage_key, i)))
+                                   key=jax.random.fold_in(stage_key, i),
+                                   **context))
   private_at = None
   if dp_clip is not None or cfg.secagg.enabled:
     private_at = len(aggregation)

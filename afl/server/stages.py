@@ -34,8 +34,9 @@ class Stage(NamedTuple):
 
 # Pre-aggregation stages, by config name. A factory takes its params' fields
 # as keyword arguments and `key` (a PRNG key for randomized stages) and
-# returns a `Stage`. Property `needs_individual_updates` (default True):
-# the stage reads single rows, so secure aggregation cannot run it.
+# returns a `Stage`. Properties: `linear` (default False) if the stage is
+# linear in the rows, so secure aggregation and server DP may follow it;
+# `per_client` if the factory also takes `num_clients` (per-client state).
 REGISTRY = registry_lib.Registry("stage")
 register = REGISTRY.register
 
