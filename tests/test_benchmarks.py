@@ -52,3 +52,21 @@ def test_time_interleaved_takes_each_entrys_best_round():
   assert best[0] == pytest.approx(0.01, rel=0.5)
   assert best[1] == pytest.approx(0.03, rel=0.5)
   assert len(calls) == len(set(calls))  # every call gets a fresh t
+
+
+def test_robustness_table_runs_cells_and_reuses_them(tmp_path, capsys):
+  import robustness  # pylint: disable=g-import-not-at-top
+  args = ["--workdir", str(tmp_path / "runs"), "--set", "tiny",
+          "--pipelines", "median", "--attacks", "none", "sign_flip",
+          "--fractions", "0.3", "--seeds", "0",
+          "--out", str(tmp_path / "table")]
+  assert robustness.main(args) == 0
+  for ext in (".csv", ".md", ".png"):
+    assert (tmp_path / f"table{ext}").exists()
+  md = (tmp_path / "table.md").read_text()
+  assert "| pipeline | none | sign_flip |" in md
+  row = [l for l in md.splitlines() if l.startswith("| median |")][0]
+  assert "–" not in row  # both cells ran
+  # A second call reuses the complete runs (nothing is rerun).
+  assert robustness.main(args + ["--no-run"]) == 0
+  assert "2 of 2 cells complete" in capsys.readouterr().out

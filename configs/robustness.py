@@ -1,0 +1,65 @@
+"""The robustness table: pipelines x attacks x attacker fractions x seeds
+on the asynchronous demo (configs/fmnist_hybrid.py), for
+`benchmarks/robustness.py` (which runs them through `afl.experiments`).
+
+Experiment names are `<pipeline>__<attack>__<percent>__s<seed>`; the
+no-attack run of a pipeline is `<pipeline>__none__0__s<seed>`. The set
+"tiny" is the same grid on configs/tiny.py for tests.
+"""
+from configs import fmnist_hybrid
+from configs import tiny
+
+ATTACKS = ("label_flip", "sign_flip", "gaussian", "scaling", "alie", "ipm",
+           "mimic", "minmax", "minsum", "backdoor")
+FRACTIONS = (0.2, 0.3)
+SEEDS = (0, 1)
+# The attacker fraction the robust rules assume (f / K): the larger of the
+# table's fractions, so that a rule is never told less than the truth.
+ASSUMED_FRACTION = 0.3
+
+_OFF = {"trust": {"enabled": False}}
+
+
+def _agg(name, **kw):
+  return {"aggregator": {"name": name, "stages": (), **kw}, **_OFF}
+
+
+PIPELINES = {
+    "mean": _agg("mean"),
+    "median": _agg("median"),
+    "trimmed_mean": _agg("trimmed_mean", byzantine_fraction=ASSUMED_FRACTION),
+    "krum": _agg("krum", byzantine_fraction=ASSUMED_FRACTION),
+    "geomed": _agg("geomed"),
+    "centered_clip": _agg("centered_clip"),
+    "bucketing_cc": _agg("centered_clip", stages=("bucketing",)),
+    "momentum_bucketing_cc": _agg(
+        "centered_clip", stages=("client_momentum", "bucketing")),
+    "default": {},  # the demo's own pipeline, trust included
+}
+
+
+def name(pipeline: str, attack: str, fraction: float, seed: int) -> str:
+  return f"{pipeline}__{attack}__{round(100 * fraction)}__s{seed}"
+
+
+def _grid(base, extra):
+  exps = []
+  for seed in SEEDS:
+    for pipe, overrides in PIPELINES.items():
+      cell = {**overrides, **extra, "seed": seed}
+      exps.append((name(pipe, "none", 0.0, seed), base, cell))
+      for fraction in FRACTIONS:
+        for attack in ATTACKS:
+          exps.append((name(pipe, attack, fraction, seed), base, {
+              **cell, "attack": {"kind": attack, "fraction": fraction}}))
+  return exps
+
+
+def get_experiments(arg=None):
+  """`arg`: None or "demo" (Fashion-MNIST, 70 versions), or "tiny"."""
+  if arg in (None, "demo"):
+    return _grid(fmnist_hybrid, {})
+  if arg == "tiny":
+    return _grid(tiny, {"stop": {"max_versions": 6},
+                        "eval": {"every_versions": 3}, "num_clients": 20})
+  raise ValueError(f"unknown experiment set {arg!r}; known: demo, tiny")
