@@ -61,3 +61,11 @@ def test_momentum_needs_merged_rows_and_a_buffer(overrides, key):
     c[section].update(**values)
   with pytest.raises(ConfigError, match=rf"^config\.{key}: "):
     build_config(c)
+
+
+def test_momentum_must_come_first():
+  c = tiny.get_config()
+  c.aggregator.stages = ("bucketing", "client_momentum")
+  with pytest.raises(ConfigError, match=r"^config\.aggregator\.stages: "
+                     "client_momentum must be the first stage"):
+    build_config(c)

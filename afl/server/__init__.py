@@ -7,6 +7,7 @@
 - `server`: `Server`, holding the state for the loop.
 - `modes`: fedasync, fedbuff, sync.
 - `build`: all of it from an experiment config.
+- `momentum`, `bucketing`, `nnm`: registered pre-aggregation stages.
 """
 from afl.server.rows import Arrival, Rows
 from afl.server.server import Server

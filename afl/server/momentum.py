@@ -43,6 +43,9 @@ class ClientMomentumParams:
       v.fail("server.merge_client_rows", "must be True with stage "
              "client_momentum (one momentum update per client and "
              "aggregation)")
+    if cfg.aggregator.stages[0] != "client_momentum":
+      v.fail("aggregator.stages", "client_momentum must be the first stage "
+             "(later stages such as bucketing mix clients' rows)")
     if not cfg.server.entry.prop("buffered"):
       v.fail("aggregator.stages", "client_momentum needs a buffered "
              f"server.mode, not {cfg.server.mode!r} (a window aggregates "

@@ -56,6 +56,6 @@ def private_mean(key, *, dp_clip: float | None = None, dp_noise: float = 0.0,
                    valid) / count.astype(rows.flat.dtype)
     return rows.replace(aggregate=agg), (key, clipped + sum(clip_counts))
 
-  def init(example_rows):
-    return key, jnp.zeros((), jnp.int32)
+  def init(example_rows):  # a copy of the key: the state is donated
+    return jnp.array(key), jnp.zeros((), jnp.int32)
   return Stage(init, apply)

@@ -66,7 +66,8 @@ def update_attack(attack_fn, key) -> Stage:
     key, sub = jax.random.split(key)
     flat = attack_fn(rows.flat, rows.malicious & rows.mask, rows.mask, sub)
     return rows.replace(flat=flat), key
-  return Stage(lambda example_rows: key, apply)
+  # A copy: the server state is donated, and a second init must still work.
+  return Stage(lambda example_rows: jnp.array(key), apply)
 
 
 def validity() -> Stage:
