@@ -13,6 +13,8 @@ from absl.testing import parameterized
 from afl import attacks
 from afl import config
 from afl import config_tree
+from afl.simulation import Simulation
+from configs import tiny
 
 K, D = 6, 5
 
@@ -66,6 +68,9 @@ class UpdateAttackTest(parameterized.TestCase):
     for fn in (lambda: attacks.sign_flip(flat, mal, ok),
                lambda: attacks.ipm(flat, mal, ok, 0.5),
                lambda: attacks.alie(flat, mal, ok),
+               lambda: attacks.mimic(flat, mal, ok),
+               lambda: attacks.min_max(flat, mal, ok),
+               lambda: attacks.min_sum(flat, mal, ok, "std"),
                lambda: attacks.gaussian_noise(flat, mal, ok,
                                               jax.random.key(0), 1.0)):
       np.testing.assert_array_equal(np.asarray(fn())[4], flat[4])
@@ -155,6 +160,167 @@ class UpdateAttackTest(parameterized.TestCase):
   def test_make_update_attack_unknown(self):
     with pytest.raises(ValueError, match="unknown attack kind"):
       attacks.make_update_attack("bogus")
+
+
+def honest_rows_ref(flat, malicious, valid):
+  return flat[valid & ~malicious & np.all(np.isfinite(flat), axis=1)].astype(
+      np.float64)
+
+
+def direction_ref(h, perturbation):
+  mu = h.mean(0)
+  return {"unit_vec": -mu / np.linalg.norm(mu), "std": -h.std(0, ddof=0),
+          "sign": -np.sign(mu)}[perturbation]
+
+
+def objective_ref(h, p, objective):
+  """(f, bound) of the paper's constraint f(gamma) <= bound, in float64."""
+  mu = h.mean(0)
+  pair = np.linalg.norm(h[:, None] - h[None], axis=-1)
+  if objective == "minmax":
+    return (lambda g: np.linalg.norm(mu + g * p - h, axis=1).max(),
+            pair.max())
+  return (lambda g: (np.linalg.norm(mu + g * p - h, axis=1) ** 2).sum(),
+          (pair ** 2).sum(1).max())
+
+
+def gamma_ref(f, bound):
+  """The largest feasible gamma: float64 bisection, then a grid above it
+  checks that no larger gamma is feasible."""
+  lo, hi = 0.0, 1.0
+  while f(hi) <= bound:
+    lo, hi = hi, 2 * hi
+  for _ in range(200):
+    mid = (lo + hi) / 2
+    lo, hi = (mid, hi) if f(mid) <= bound else (lo, mid)
+  assert all(f(g) > bound for g in np.linspace(lo * (1 + 1e-9), 4 * hi, 2000))
+  return lo
+
+
+def search_tol(gamma_init):
+  """After GAMMA_STEPS halvings the bracket of gamma* has this width."""
+  return gamma_init * 2.0 ** (1 - attacks.omniscient.GAMMA_STEPS)
+
+
+REL = 1e-5  # float32 evaluation of the constraint, relative
+AGR_AGNOSTIC = {"minmax": attacks.min_max, "minsum": attacks.min_sum}
+
+
+def spread_cohort(seed, k=12, d=9, scale=30.0):
+  """`cohort` with a clear top principal direction v of the honest rows
+  (2, 3, 6-11): row 7 is farthest along v, row 8 farther from the mean but
+  along w _|_ v."""
+  flat, mal, ok = cohort(seed, k, d)
+  v, w = np.linalg.qr(np.random.default_rng(seed + 100).standard_normal(
+      (d, 2)))[0].T
+  t = np.zeros(k)
+  t[[2, 3, 6, 7, 9, 10, 11]] = 1.0, -1.0, 0.8, 2.0, -0.8, 0.6, -0.6
+  spread = scale * (t[:, None] * v + 2.2 * (np.arange(k) == 8)[:, None] * w)
+  return (flat + spread).astype(np.float32), mal, ok
+
+
+class OmniscientAttackTest(parameterized.TestCase):
+
+  @parameterized.product(objective=("minmax", "minsum"),
+                         perturbation=attacks.PERTURBATIONS, seed=(0, 1, 2))
+  def test_gamma_is_largest_feasible(self, objective, perturbation, seed):
+    flat, mal, ok = cohort(seed, k=10, d=7)
+    gamma = float(jax.jit(lambda f, m, v: attacks.optimized_gamma(
+        f, m, v, objective, perturbation, 10.0))(flat, mal, ok))
+    h = honest_rows_ref(flat, mal, ok)
+    f, bound = objective_ref(h, direction_ref(h, perturbation), objective)
+    want = gamma_ref(f, bound)
+    assert 0 < want < 20.0  # inside the search's bracket [0, 2 gamma_init]
+    assert f(gamma) <= bound * (1 + REL)
+    assert want - search_tol(10.0) - REL * want <= gamma <= want * (1 + REL)
+
+  @parameterized.parameters("minmax", "minsum")
+  def test_gamma_capped_below_twice_gamma_init(self, objective):
+    flat, mal, ok = cohort(0, k=10, d=7)
+    gamma = float(attacks.optimized_gamma(flat, mal, ok, objective,
+                                          gamma_init=0.01))
+    np.testing.assert_allclose(gamma, 0.02 - search_tol(0.01), rtol=1e-6)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.product(objective=("minmax", "minsum"),
+                         perturbation=attacks.PERTURBATIONS)
+  def test_agr_agnostic_sends_mu_plus_gamma_p(self, objective, perturbation):
+    flat, mal, ok = cohort(3, k=10, d=7)
+    out = np.asarray(self.variant(lambda f, m, v: AGR_AGNOSTIC[objective](
+        f, m, v, perturbation, 10.0))(flat, mal, ok))
+    h = honest_rows_ref(flat, mal, ok)
+    p = direction_ref(h, perturbation)
+    want = h.mean(0) + gamma_ref(*objective_ref(h, p, objective)) * p
+    np.testing.assert_array_equal(out[0], out[1])
+    np.testing.assert_allclose(out[0], want, atol=1e-4)
+    assert_untouched(out, flat, mal, ok)
+
+  @parameterized.parameters("minmax", "minsum")
+  def test_std_gamma_is_scale_free(self, objective):
+    # p = -sigma scales with the updates, so gamma does not; squared
+    # distances of 1e-20 updates would underflow float32 unscaled.
+    flat, mal, ok = cohort(1, k=10, d=7)
+    fn = jax.jit(lambda f: attacks.optimized_gamma(f, mal, ok, objective,
+                                                   "std"))
+    gamma = float(fn(flat))
+    for scale in (1e-20, 1e18):
+      scaled = flat.copy()
+      scaled[ok] *= np.float32(scale)
+      np.testing.assert_allclose(float(fn(scaled)), gamma, rtol=1e-4)
+
+  def test_perturbation_direction_zero_mean(self):
+    p = attacks.perturbation_direction(jnp.zeros(3), jnp.ones(3), "unit_vec")
+    np.testing.assert_array_equal(np.asarray(p), 0.0)
+    with pytest.raises(ValueError, match="perturbation"):
+      attacks.perturbation_direction(jnp.zeros(3), jnp.ones(3), "bogus")
+
+  def test_halving_search_is_bisection(self):
+    for gamma_init, star in ((10.0, 3.0), (10.0, 0.1), (1.0, 1.9)):
+      got = float(attacks.halving_search(lambda g: g <= star, gamma_init))
+      assert star - search_tol(gamma_init) <= got <= star
+    assert float(attacks.halving_search(lambda g: g < 0, 10.0)) == 0.0
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(0, 1, 2, 3)
+  def test_mimic_copies_the_top_principal_row(self, seed):
+    flat, mal, ok = spread_cohort(seed)
+    out = np.asarray(self.variant(attacks.mimic)(flat, mal, ok))
+    honest = np.flatnonzero(ok & ~mal & np.all(np.isfinite(flat), axis=1))
+    x = flat[honest].astype(np.float64)
+    x -= x.mean(0)
+    proj = np.abs(x @ np.linalg.svd(x)[2][0])
+    first, second = np.sort(proj)[::-1][:2]
+    assert first > 1.2 * second  # the row is unambiguous
+    pick = honest[np.argmax(proj)]
+    assert pick != honest[np.argmax(np.linalg.norm(x, axis=1))]
+    for i in (0, 1):
+      np.testing.assert_array_equal(out[i], flat[pick])
+    assert_untouched(out, flat, mal, ok)
+
+  @parameterized.parameters("mimic", "minmax", "minsum")
+  def test_fewer_than_two_honest_send_mu(self, kind):
+    flat, mal, ok = cohort()  # honest: rows 2 and 3
+    fn = attacks.make_update_attack(kind)
+    mal[2] = True
+    out = np.asarray(fn(flat, mal, ok, jax.random.key(0)))
+    for i in (0, 1, 2):
+      np.testing.assert_array_equal(out[i], flat[3])
+    assert_untouched(out, flat, mal, ok)
+    mal[3] = mal[5] = True  # no honest row: mu = 0
+    out = np.asarray(fn(flat, mal, ok, jax.random.key(0)))
+    np.testing.assert_array_equal(out[mal & ok], 0.0)
+
+  @parameterized.parameters(("mimic", "unit_vec"),
+                            *[(k, p) for k in ("minmax", "minsum")
+                              for p in attacks.PERTURBATIONS])
+  def test_finite_for_extreme_finite_input(self, kind, perturbation):
+    fn = jax.jit(attacks.make_update_attack(kind, perturbation=perturbation))
+    for scale in (1e30, 1e-30):  # squared distances overflow / underflow
+      flat, mal, ok = cohort(k=10, d=7)
+      flat[ok] *= np.float32(scale)
+      out = np.asarray(fn(flat, mal, ok, jax.random.key(0)))
+      assert np.all(np.isfinite(out[mal & ok]))
+      assert_untouched(out, flat, mal, ok)
 
 
 def images(b=8, h=6, w=5, c=3, seed=0):
@@ -339,13 +505,27 @@ class AttackConfigTest(parameterized.TestCase):
       ("backdoor_fraction", 0.0), ("trigger_size", 0),
       ("trigger_value", float("nan")), ("noise_std", -1.0), ("scale", 0.0),
       ("factor", float("inf")), ("alie_z", float("nan")),
-      ("ipm_epsilon", 0.0))
+      ("ipm_epsilon", 0.0), ("perturbation", "bogus"), ("gamma_init", 0.0),
+      ("gamma_init", -1.0))
   def test_validate_names_key(self, key, value):
     cfg = _attack(**{key: value})
     with pytest.raises(ValueError, match=rf"^config\.attack\.{key}: ") as e:
       _validate(cfg)
     assert "\n" not in str(e.value)
     assert isinstance(e.value, config.ConfigError)
+
+  @parameterized.parameters(("mimic", {}), ("minmax", {}),
+                            ("minsum", {"perturbation": "std",
+                                        "gamma_init": 5.0}))
+  def test_omniscient_kinds_build_and_run(self, kind, params):
+    c = tiny.get_config()
+    c.attack.update(kind=kind, fraction=0.25, **params)
+    c.stop.max_versions = 4
+    cfg = config.build_config(c)
+    assert cfg.attack.kind == kind and cfg.attack.has_update_attack
+    summary = Simulation(cfg, None, log=lambda m: None).run()
+    assert summary["num_malicious"] == 4
+    assert np.isfinite(summary["final_test_accuracy"])
 
   def test_builds_through_afl_config(self):
     cfg = config_tree.build(attacks.AttackConfig,
@@ -386,7 +566,8 @@ class AttackConfigTest(parameterized.TestCase):
 
 @pytest.mark.parametrize("module", [attacks, attacks.selection,
                                     attacks.data_attacks,
-                                    attacks.update_attacks])
+                                    attacks.update_attacks,
+                                    attacks.omniscient])
 def test_doctests(module):
   res = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
   assert res.failed == 0 and res.attempted > 0

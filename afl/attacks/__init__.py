@@ -9,9 +9,10 @@ aggregation, trust, DP and compression. Hyperparameters are static Python
 values.
 
 Every kind (`kinds.REGISTRY`: none, label_flip, backdoor, gaussian,
-sign_flip, scaling, alie, ipm) declares its config parameters as a
-dataclass; `AttackConfig` (`config.py`) assembles the `attack` section from
-them. Two places in the pipeline, marked by the kind's properties:
+sign_flip, scaling, alie, ipm, mimic, minmax, minsum) declares its config
+parameters as a dataclass; `AttackConfig` (`config.py`) assembles the
+`attack` section from them. Two places in the pipeline, marked by the
+kind's properties:
 
 - **Data attacks** (`data=True`, `data_attacks.py`) poison one client's
   minibatch inside its local step: `make_data_attack(kind, ...)` returns
@@ -22,8 +23,9 @@ them. Two places in the pipeline, marked by the kind's properties:
   `make_update_attack(kind, ...)` returns `fn(flat, malicious [K], valid
   [K], key) -> flat [K, D]`; only rows that are malicious and valid change.
 
-`alie` and `ipm` are *omniscient*: they read the honest updates of the same
-buffer (the strongest, standard threat model of both papers' evaluations).
+`alie`, `ipm` and `mimic`, `minmax`, `minsum` (`omniscient.py`) are
+*omniscient*: they read the honest updates of the same buffer (the
+strongest, standard threat model of these papers' evaluations).
 
 Example:
 
@@ -39,6 +41,10 @@ from afl.attacks.data_attacks import (LABEL_FLIP_MODES, attack_success_rate,
                                       backdoor, label_flip, stamp_trigger)
 from afl.attacks.kinds import (REGISTRY, DataAttackFn, UpdateAttackFn,
                                make_data_attack, make_update_attack)
+from afl.attacks.omniscient import (PERTURBATIONS, halving_search, mimic,
+                                    min_max, min_sum, optimized_gamma,
+                                    perturbation_direction,
+                                    top_direction_scores)
 from afl.attacks.selection import num_selected, select_malicious
 from afl.attacks.update_attacks import (alie, alie_z_max, gaussian_noise, ipm,
                                         scaling, sign_flip)

@@ -15,8 +15,8 @@ from afl.attacks.selection import select_malicious
 class AttackConfig(config_tree.Component):
   """`kind` picks an `afl.attacks.kinds` entry; every kind's parameters
   (label_flip_mode, target, backdoor_fraction, trigger_size, trigger_value,
-  noise_std, scale, factor, alie_z, ipm_epsilon) are keys of this section
-  too (`config_tree.component_section`).
+  noise_std, scale, factor, alie_z, ipm_epsilon, perturbation, gamma_init)
+  are keys of this section too (`config_tree.component_section`).
 
   Attributes:
     kind: a `kinds.REGISTRY` name.

@@ -21,6 +21,7 @@ import jax
 from afl import registry as registry_lib
 from afl import validate as v
 from afl.attacks import data_attacks
+from afl.attacks import omniscient
 from afl.attacks import update_attacks
 from afl.data import text
 
@@ -144,6 +145,17 @@ class Alie:
              f"{self.alie_z!r}")
 
 
+@dataclasses.dataclass(**_kw)
+class AgrAgnostic:
+  """min-max and min-sum: mu + gamma p, gamma searched below 2 gamma_init."""
+  perturbation: str = "unit_vec"  # p: -mu/|mu|, "std" -sigma, "sign" -sign(mu)
+  gamma_init: float = 10.0
+
+  def validate(self, p):
+    v.choice(f"{p}.perturbation", self.perturbation, omniscient.PERTURBATIONS)
+    _finite_from(f"{p}.gamma_init", self.gamma_init, strict=True)
+
+
 def trigger_pixel(trigger_value: float | None, data_max: float | None
                   ) -> float:
   """`trigger_value`, or `data_max` (the data's max pixel) when None."""
@@ -220,6 +232,28 @@ for _kind, _cls, _attack in (("sign_flip", SignFlip, update_attacks.sign_flip),
   REGISTRY.register(_kind, params=_cls, update=True)(_keyless(_attack))
 
 
+@REGISTRY.register("mimic", update=True)
+def _mimic():
+  return lambda f, mal, ok, key: omniscient.mimic(f, mal, ok)
+
+
+def _agr_agnostic(attack):
+  """The factory of `omniscient.min_max` or `min_sum`."""
+  def factory(*, perturbation, gamma_init):
+    if perturbation not in omniscient.PERTURBATIONS:
+      raise ValueError(f"perturbation must be one of "
+                       f"{omniscient.PERTURBATIONS}, got {perturbation!r}")
+    return lambda f, mal, ok, key: attack(f, mal, ok, perturbation,
+                                          gamma_init)
+  return factory
+
+
+for _kind, _attack in (("minmax", omniscient.min_max),
+                       ("minsum", omniscient.min_sum)):
+  REGISTRY.register(_kind, params=AgrAgnostic, update=True)(
+      _agr_agnostic(_attack))
+
+
 def _entry(kind: str):
   if kind not in REGISTRY:
     raise ValueError(f"unknown attack kind {kind!r}; known: "
@@ -264,7 +298,8 @@ def make_data_attack(kind: str, num_classes: int, *,
 
 def make_update_attack(kind: str, *, std: float = 1.0, scale: float = 1.0,
                        factor: float = 10.0, z: float | None = None,
-                       epsilon: float = 0.5) -> UpdateAttackFn:
+                       epsilon: float = 0.5, perturbation: str = "unit_vec",
+                       gamma_init: float = 10.0) -> UpdateAttackFn:
   """The update component of attack `kind`: `fn(flat, malicious, valid, key)`.
 
   Args:
@@ -274,6 +309,8 @@ def make_update_attack(kind: str, *, std: float = 1.0, scale: float = 1.0,
     factor: scaling factor.
     z: alie z (None = z_max).
     epsilon: ipm epsilon.
+    perturbation: minmax / minsum perturbation (`omniscient.PERTURBATIONS`).
+    gamma_init: minmax / minsum first gamma of the search.
 
   Returns:
     fn(flat [K, D], malicious [K], valid [K], key) -> [K, D], pure and
@@ -283,5 +320,6 @@ def make_update_attack(kind: str, *, std: float = 1.0, scale: float = 1.0,
   if not entry.prop("update"):
     return keep_updates
   given = dict(noise_std=std, scale=scale, factor=factor, alie_z=z,
-               ipm_epsilon=epsilon)
+               ipm_epsilon=epsilon, perturbation=perturbation,
+               gamma_init=gamma_init)
   return entry.build(_params(entry, given))

@@ -1,7 +1,8 @@
 """Update attacks: rewrite the malicious rows of a stacked [K, D] buffer.
 
 Pure and jittable; only rows that are malicious and valid change. `alie`
-and `ipm` are omniscient: they read the honest rows of the same buffer.
+and `ipm` are omniscient: they read the honest rows of the same buffer
+(`honest_rows`, `honest_stats`; more omniscient attacks in `omniscient.py`).
 """
 from __future__ import annotations
 
@@ -17,19 +18,35 @@ def _attackers(flat, malicious, valid):
   return _rows(malicious & valid)
 
 
-def _honest_stats(flat: jax.Array, malicious: jax.Array, valid: jax.Array):
+def send(flat: jax.Array, malicious: jax.Array, valid: jax.Array,
+         evil: jax.Array) -> jax.Array:
+  """Every malicious & valid row replaced by the one row `evil` [D]."""
+  return jnp.where(_attackers(flat, malicious, valid),
+                   evil.astype(flat.dtype)[None, :], flat)
+
+
+def honest_rows(flat: jax.Array, malicious: jax.Array,
+                valid: jax.Array) -> jax.Array:
+  """[K] bool: valid, not malicious and all-finite (what attackers read)."""
+  return valid & ~malicious & jnp.all(jnp.isfinite(flat), axis=1)
+
+
+def honest_stats(flat: jax.Array, malicious: jax.Array, valid: jax.Array):
   """Coordinate-wise mean and population std (ddof=0) of honest rows.
 
-  Honest rows are valid, not malicious and all-finite; a NaN/inf row must
-  not leak into the statistics through 0 * NaN. With no honest rows both
-  are zero.
+  Honest rows are `honest_rows`; a NaN/inf row must not leak into the
+  statistics through 0 * NaN. Deviations are squared after dividing each
+  coordinate by its largest |deviation|, so tiny updates do not underflow.
+  With no honest rows both are zero.
   """
-  honest = valid & ~malicious & jnp.all(jnp.isfinite(flat), axis=1)
+  honest = honest_rows(flat, malicious, valid)
   n = jnp.maximum(jnp.sum(honest), 1).astype(flat.dtype)
   x = jnp.where(_rows(honest), flat, 0.0)
   mu = jnp.sum(x, axis=0) / n
   dev = jnp.where(_rows(honest), flat - mu, 0.0)
-  sigma = jnp.sqrt(jnp.sum(dev * dev, axis=0) / n)
+  scale = jnp.max(jnp.abs(dev), axis=0)
+  scale = jnp.where(scale > 0, scale, 1.0)
+  sigma = scale * jnp.sqrt(jnp.sum(jnp.square(dev / scale), axis=0) / n)
   return mu, sigma
 
 
@@ -157,11 +174,10 @@ def alie(flat: jax.Array, malicious: jax.Array, valid: jax.Array,
   ...      z=1.0)[0]
   Array([1., 2.], dtype=float32)
   """
-  mu, sigma = _honest_stats(flat, malicious, valid)
+  mu, sigma = honest_stats(flat, malicious, valid)
   if z is None:
     z = alie_z_max(jnp.sum(valid), jnp.sum(valid & malicious))
-  evil = (mu - jnp.asarray(z, flat.dtype) * sigma).astype(flat.dtype)
-  return jnp.where(_attackers(flat, malicious, valid), evil[None, :], flat)
+  return send(flat, malicious, valid, mu - jnp.asarray(z, flat.dtype) * sigma)
 
 
 def ipm(flat: jax.Array, malicious: jax.Array, valid: jax.Array,
@@ -181,6 +197,5 @@ def ipm(flat: jax.Array, malicious: jax.Array, valid: jax.Array,
   ...     jnp.array([True, True]), 1.0)[0]
   Array([-2., -4.], dtype=float32)
   """
-  mu, _ = _honest_stats(flat, malicious, valid)
-  evil = (-epsilon * mu).astype(flat.dtype)
-  return jnp.where(_attackers(flat, malicious, valid), evil[None, :], flat)
+  mu, _ = honest_stats(flat, malicious, valid)
+  return send(flat, malicious, valid, -epsilon * mu)
