@@ -214,29 +214,27 @@ class StageSection(config_tree.PerComponent):
 
 @dataclasses.dataclass(**_kw)
 class TrustSection:
-  """Trust scores with soft quarantine (afl/aggregators/trust.py)."""
+  """Trust scores with soft quarantine (afl/aggregators/trust.py, whose
+  `TrustConfig` documents and validates every key but `enabled`)."""
   enabled: bool = False
-  ema: float = 0.8
-  threshold: float = 0.4
-  release_threshold: float = 0.6
+  decay: float = 0.9
+  prior_count: float = 2.0
+  min_count: int = 3
+  z_enter: float = 3.0
+  z_release: float = 2.0
+  agreement_floor: float = 0.0
+  norm_tolerance: float = 2.0
+  norm_penalty: float = 0.5
   quarantine_scale: float = 0.1
 
   def validate(self, p):
-    _range(f"{p}.ema", self.ema, 0, 1)
-    if self.ema == 1:
-      _fail(f"{p}.ema", "must be < 1 (trust would never move)")
-    _range(f"{p}.threshold", self.threshold, 0, 1, lo_open=True)
-    if not self.threshold < self.release_threshold <= 1:
-      _fail(f"{p}.release_threshold", f"must be in (threshold="
-            f"{self.threshold}, 1], got {self.release_threshold}")
-    _range(f"{p}.quarantine_scale", self.quarantine_scale, 0, 1,
-           lo_open=True)
+    self.trust_config().validate(p)
 
   def trust_config(self):
     from afl.aggregators import trust  # pylint: disable=g-import-not-at-top
-    return trust.TrustConfig(ema=self.ema, threshold=self.threshold,
-                             release_threshold=self.release_threshold,
-                             quarantine_scale=self.quarantine_scale)
+    fields = dataclasses.asdict(self)
+    del fields["enabled"]
+    return trust.TrustConfig(**fields)
 
 
 @dataclasses.dataclass(**_kw)

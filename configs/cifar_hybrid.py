@@ -28,8 +28,7 @@ def get_config(arg=None):
   # trust-weighted trimmed mean, median fallback; trust with soft quarantine.
   c.aggregator.update(name="hybrid", clip_multiplier=2.0, beta=0.1,
                       min_trusted=3)
-  c.trust.update(enabled=True, ema=0.8, threshold=0.4, release_threshold=0.6,
-                 quarantine_scale=0.1)
+  c.trust.update(enabled=True, quarantine_scale=0.1)
   c.stop.update(max_versions=2000)
   c.eval.update(every_versions=50, batch_size=1000)
   return c

@@ -27,7 +27,7 @@ def get_config(arg=None):
                   backend="auto")
   c.server.update(mode="fedbuff", buffer_size=16, optimizer="sgd", lr=1.0)
   c.aggregator.update(name="hybrid")
-  c.trust.update(enabled=True, threshold=0.3, release_threshold=0.45)
+  c.trust.update(enabled=True)
   c.stop.update(max_versions=300)
   c.eval.update(every_versions=25, batch_size=500)
   return c

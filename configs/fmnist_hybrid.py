@@ -27,9 +27,12 @@ def get_config(arg=None):
   # trust-weighted trimmed mean, median fallback; trust with soft quarantine.
   c.aggregator.update(name="hybrid", clip_multiplier=2.0, beta=0.1,
                       min_trusted=3)
-  # Honest non-IID updates already disagree: thresholds below their typical
-  # agreement score (about 0.6) keep honest clients out of quarantine.
-  c.trust.update(enabled=True, ema=0.8, threshold=0.3, release_threshold=0.45,
+  # Trust scores each update against the median of the others; a client is
+  # quarantined when its mean score (shrunk by 2 pseudo-arrivals) is below
+  # 0 and a robust-z outlier (z < -3 against the clients in good standing)
+  # after 3 arrivals, released above z = -2 (README, "Trust").
+  c.trust.update(enabled=True, decay=0.9, prior_count=2.0, min_count=3,
+                 z_enter=3.0, z_release=2.0, agreement_floor=0.0,
                  quarantine_scale=0.1)
   c.stop.update(max_versions=70)
   c.eval.update(every_versions=10, batch_size=2000)

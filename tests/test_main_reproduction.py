@@ -1,13 +1,10 @@
 """With `server.merge_client_rows=False` afl reproduces the code before the
 server became a chain of stages (commit 9beb1fe) bit for bit.
 
-The fast test runs that commit's source (from git) and today's code side by
-side on a tiny FedBuff run with the hybrid pipeline and trust, where clients
-land several rows in a buffer. The slow one runs the demo
-(`configs/fmnist_hybrid.py`, seed 0) and compares with the metrics and final
-parameters that commit produced, stored in tests/data/ (recorded on this
-project's 2-core x86-64 CI machine kind; float rounding may differ on
-another CPU).
+The test runs that commit's source (from git) and today's code side by side
+on a tiny FedBuff run with the hybrid pipeline, where clients land several
+rows in a buffer. Trust is off: its scoring was redesigned on purpose since
+(leave-one-out reference, evidence per client), so it cannot match.
 """
 import json
 import os
@@ -19,7 +16,6 @@ import pytest
 
 BASELINE = "9beb1fe"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.path.join(ROOT, "tests", "data")
 
 SCRIPT = """
 import json, sys, numpy as np, jax
@@ -28,7 +24,7 @@ from afl.simulation import Simulation
 from configs import tiny
 c = tiny.get_config()
 c.aggregator.name = "hybrid"
-c.trust.enabled = True
+c.trust.enabled = False
 c.num_clients, c.concurrency, c.server.buffer_size = 16, 8, 6
 c.stop.max_versions = 20
 c.eval.every_versions = 5
@@ -76,37 +72,3 @@ def test_merge_off_reproduces_baseline_bitwise(tmp_path):
   np.testing.assert_array_equal(params, base_params)
   merged, _ = _run(ROOT, tmp_path, "merge")
   assert not np.array_equal(merged, base_params)  # duplicates were merged
-
-
-@pytest.mark.slow
-def test_demo_with_merge_off_matches_baseline(tmp_path):
-  with open(os.path.join(DATA, "fmnist_hybrid_main_metrics.json")) as f:
-    ref = json.load(f)
-  assert ref["commit"] == BASELINE
-  ref_params = np.load(os.path.join(DATA,
-                                    "fmnist_hybrid_main_params.npz"))["flat"]
-  wd = str(tmp_path / "demo")
-  subprocess.run([sys.executable, "launch.py", "--config",
-                  "configs/fmnist_hybrid.py", "--workdir", wd,
-                  "--config.logging.progress=False",
-                  "--config.server.merge_client_rows=False"], cwd=ROOT,
-                 check=True, capture_output=True, timeout=1200)
-  rows = [json.loads(l) for l in open(os.path.join(wd, "metrics.jsonl"))]
-  keys = ("version", "test_accuracy", "client_updates", "mean_staleness")
-  assert [[r[k] for k in keys] for r in rows] == [
-      [r[k] for k in keys] for r in ref["records"]]
-  np.testing.assert_allclose([r["test_loss"] for r in rows],
-                             [r["test_loss"] for r in ref["records"]],
-                             rtol=1e-6)
-  from afl import checkpoint  # pylint: disable=g-import-not-at-top
-  from afl.config import build_config  # pylint: disable=g-import-not-at-top
-  from afl.simulation import Simulation  # pylint: disable=g-import-not-at-top
-  from configs import fmnist_hybrid  # pylint: disable=g-import-not-at-top
-  c = fmnist_hybrid.get_config()
-  c.server.merge_client_rows = False
-  sim = Simulation(build_config(c), None, log=lambda m: None)
-  checkpoint.restore(checkpoint.manager(wd, 2), sim.components())
-  import jax  # pylint: disable=g-import-not-at-top
-  flat = np.concatenate([np.ravel(x) for x in
-                         jax.tree_util.tree_leaves(sim.server.params)])
-  np.testing.assert_allclose(flat, ref_params, rtol=1e-5, atol=1e-6)

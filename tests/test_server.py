@@ -249,9 +249,10 @@ def test_fedasync_window_scores_the_newest_client_after_a_merge():
   start = _params(0.0)
   arrivals = [({"w": jnp.array([1.0, 0, 0]), "b": jnp.array([0.0])}, 0),
               ({"w": jnp.array([0.0, 1, 0]), "b": jnp.array([0.0])}, 1)]
-  trust0 = []
+  seen = []
   for delta, cid in arrivals + [arrivals[0]]:
     mode.on_arrival(Arrival(delta, 0, cid, 1, False), start)
-    trust0.append(float(server.trust.score[0]))
-  # Third arrival: client 0 (merged with its first row) is scored again.
-  assert trust0[2] < trust0[1]
+    seen.append(np.asarray(server.trust.arrivals[:2]).tolist())
+  # A lone first row has no reference; the second scores client 1; the
+  # third scores client 0 (merged with its first row), not client 1 again.
+  assert seen == [[0, 0], [0, 1], [1, 1]]

@@ -1,36 +1,68 @@
-"""Per-client trust scores with soft quarantine.
+"""Per-client trust from leave-one-out agreement, with soft quarantine.
 
-Each aggregation round, every valid update x_k is compared with the robust
-aggregate a:
+Scoring. Each valid row x_k of an aggregation is compared with a reference
+that excludes it: the coordinate-wise median r_k of the OTHER valid rows
+(`leave_one_out_median`), so an update never votes for itself. With
+sign(0) = 0 and rho_k = |x_k| / median_{j != k} |x_j|,
 
-  cos_k    = <x_k, a> / (|x_k| |a|), clipped to [-1, 1]
-             (1 if |a| = 0: no direction to disagree with;
-              0 if |x_k| = 0 < |a|: neutral)
-  dnorm_k  = |x_k - a| / median_j |x_j - a|   (median over valid rows; if
-             that median is 0, dnorm is 0 for rows at a and +inf otherwise)
-  score_k  = 0.5 * (1 + cos_k) * exp(-max(0, dnorm_k - 1))   in [0, 1]
+  agree_k = <sign x_k, sign r_k> / sqrt(nnz(x_k) nnz(r_k))   in [-1, 1]
+  score_k = clip(agree_k - norm_penalty * max(0, log(rho_k / norm_tolerance)),
+                 -1, 1)
 
-so an update pointing with the aggregate and no farther from it than the
-typical update scores near 1, a sign-flipped one near 0, and a far outlier
-decays exponentially in its excess distance. Trust is an exponential moving
-average per client, trust <- ema * trust + (1 - ema) * score, starting at 1.
+`agree_k` is the cosine of the sign vectors: 0 for a random direction, > 0
+for an honest update, < 0 for a flipped one. Counting signs instead of
+magnitudes keeps a few large coordinates from deciding it (on the
+Fashion-MNIST demo its per-row AUC between honest and sign-flipped updates
+is 0.91, against 0.75 for the plain cosine with the same reference). Signs
+ignore scale, so updates longer than `norm_tolerance` times the typical
+one (scaling, noise) lose `norm_penalty` per e-fold of excess length. A
+batch with fewer than two valid rows scores nothing.
 
-Quarantine has hysteresis: after the batch, a client enters quarantine when
-its trust is < `threshold` and leaves it when its trust is >
-`release_threshold` (> threshold), so a client near the boundary does not
-flap. A quarantined client is not dropped: `trust_weights` scales its
-weight to `quarantine_scale * trust`, normal clients get 1.
+Evidence. Per client, a discounted sum and count of its scores,
 
-Duplicate client ids in one batch are applied sequentially in row order,
-exactly as if the rows had arrived one by one (all scored against the same
-aggregate): a client with rows k1 < k2 < ... < kc ends at
+  total <- decay * total + score,  count <- decay * count + 1,
 
-  ema^c * trust + sum_i (1 - ema) * ema^(its rows after k_i) * score_ki
+give its mean agreement m = total / count over about 1 / (1 - decay)
+recent participations (decay = 1: all of them), and `arrivals` counts its
+scored rows. Several rows of one client in a batch apply in row order, in
+closed form (row k is discounted once per later row of its client).
 
-computed in closed form with a segment sum (no loop, deterministic).
-Quarantine transitions are evaluated once per batch on the final trust.
+Quarantine is relative to the population: the clients in good standing
+(arrived and not quarantined; all arrived ones if none is). With med the
+median of their m, each client's deviation is shrunk by its evidence, as
+if `prior_count` more arrivals had scored med,
+
+  d = (m - med) * count / (count + prior_count),   z = d / (1.4826 MAD(d))
+
+(MAD over the same clients), and after each batch a client
+
+  enters quarantine  when  z < -z_enter  and  med + d < agreement_floor
+                           and arrivals >= min_count,
+  leaves it          when  z > -z_release   (z_release < z_enter).
+
+The z test makes the threshold follow the honest clients, however well
+non-IID updates agree; leaving quarantined clients out of med and MAD keeps
+a large attacking minority from widening the scale it is judged by. The
+floor (default 0: no better than a random direction) keeps a clean
+population's tail out, since a relative threshold alone always flags
+someone; the prior and `min_count` ask for repeated evidence, so that a
+batch where attackers outnumber the honest rows (their median then points
+the wrong way) cannot condemn a newcomer.
+
+Quarantine is soft: `trust_weights` scales such a client's aggregation
+weight by `quarantine_scale`; it is still scored, and released once its
+agreement recovers. The reported trust, clip(1 + min(z, 0) / (2 z_enter),
+0, 1) (1 before a client's first arrival), is 1 at or above the median and
+0.5 at the entry threshold, so it is stationary without an attack.
+
 Rows that are invalid (mask False, non-finite, or id outside
-[0, num_clients)) leave trust untouched.
+[0, num_clients)) are neither references nor scored.
+
+References:
+  Xu et al. 2022, "SignGuard: Byzantine-robust Federated Learning through
+  Collaborative Malicious Gradient Filtering", ICDCS (sign statistics);
+  Cao et al. 2021, "FLTrust: Byzantine-robust Federated Learning via Trust
+  Bootstrapping", NDSS (per-client trust from directional agreement).
 """
 import dataclasses
 import functools
@@ -39,143 +71,242 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from afl.aggregators.median import median_flat
+from afl import validate as v
+from afl.aggregators import _sortnet
+from afl.aggregators.median import median_of_sorted
+
+_MAD_TO_SD = 1.4826  # MAD of a normal distribution times this = its sd
+_MIN_SCALE = 1e-6  # z-score scale floor when (nearly) all means coincide
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrustConfig:
-  """Trust hyperparameters (built from `config.trust.*`).
+  """Trust hyperparameters (built from `config.trust.*`; module doc).
 
   Attributes:
-    ema: weight of the old trust in the moving average, in [0, 1).
-    threshold: trust below this enters quarantine, in (0, 1).
-    release_threshold: trust above this leaves quarantine, in
-      (threshold, 1].
-    quarantine_scale: weight multiplier (times trust) for quarantined
-      clients, in (0, 1]; not 0, so a quarantined client can still recover.
+    decay: weight of past evidence per participation, in (0, 1].
+    prior_count: pseudo-arrivals at the population median in each
+      client's mean (the confidence term), >= 0.
+    min_count: scored arrivals before a client can be quarantined, >= 1.
+    z_enter: quarantine below z = -z_enter, > 0.
+    z_release: release above z = -z_release, in [0, z_enter).
+    agreement_floor: quarantine only when the mean score is below this,
+      in (-1, 1].
+    norm_tolerance: updates up to this many times the typical norm are
+      not penalized, >= 1.
+    norm_penalty: score lost per e-fold of norm beyond the tolerance, >= 0.
+    quarantine_scale: weight multiplier for quarantined clients, in
+      (0, 1]; not 0, so the quarantine stays soft.
   """
-  ema: float = 0.8
-  threshold: float = 0.4
-  release_threshold: float = 0.6
+  decay: float = 0.9
+  prior_count: float = 2.0
+  min_count: int = 3
+  z_enter: float = 3.0
+  z_release: float = 2.0
+  agreement_floor: float = 0.0
+  norm_tolerance: float = 2.0
+  norm_penalty: float = 0.5
   quarantine_scale: float = 0.1
 
   def __post_init__(self):
-    if not 0.0 <= self.ema < 1.0:
-      raise ValueError(f"ema must be in [0, 1), got {self.ema!r}")
-    if not 0.0 < self.threshold < 1.0:
-      raise ValueError(f"threshold must be in (0, 1), got {self.threshold!r}")
-    if not self.threshold < self.release_threshold <= 1.0:
-      raise ValueError(
-          "release_threshold must be in (threshold, 1], got "
-          f"{self.release_threshold!r} with threshold={self.threshold!r}")
-    if not 0.0 < self.quarantine_scale <= 1.0:
-      raise ValueError(
-          f"quarantine_scale must be in (0, 1], got {self.quarantine_scale!r}")
+    self.validate()
+
+  def validate(self, p: str = "trust"):
+    """Raises ConfigError("config.<p>.<key>: ...") on a bad value."""
+    v.in_range(f"{p}.decay", self.decay, 0, 1, lo_open=True)
+    v.in_range(f"{p}.prior_count", self.prior_count, 0)
+    v.in_range(f"{p}.min_count", self.min_count, 1)
+    v.in_range(f"{p}.z_enter", self.z_enter, 0, lo_open=True)
+    v.in_range(f"{p}.z_release", self.z_release, 0)
+    if not self.z_release < self.z_enter:
+      v.fail(f"{p}.z_release", f"must be < z_enter={self.z_enter}, got "
+             f"{self.z_release}")
+    v.in_range(f"{p}.agreement_floor", self.agreement_floor, -1, 1,
+               lo_open=True)
+    v.in_range(f"{p}.norm_tolerance", self.norm_tolerance, 1)
+    v.in_range(f"{p}.norm_penalty", self.norm_penalty, 0)
+    v.in_range(f"{p}.quarantine_scale", self.quarantine_scale, 0, 1,
+               lo_open=True)
 
 
 @flax.struct.dataclass
 class TrustState:
-  score: jax.Array  # float32[num_clients], trust in [0, 1]
+  score: jax.Array  # float32[num_clients], reported trust in [0, 1]
   quarantined: jax.Array  # bool[num_clients]
+  total: jax.Array  # float32[num_clients], discounted sum of scores
+  count: jax.Array  # float32[num_clients], discounted number of scores
+  arrivals: jax.Array  # int32[num_clients], scored rows so far
 
 
 @flax.struct.dataclass
 class TrustInfo:
   """What one `trust_update` saw and changed (for logging transitions)."""
-  row_score: jax.Array  # float32[K], agreement score (0 for invalid rows)
-  row_cos: jax.Array  # float32[K]
-  row_dist: jax.Array  # float32[K], distance / median distance
-  row_valid: jax.Array  # bool[K], rows that updated trust
+  row_score: jax.Array  # float32[K] (0 for rows not scored)
+  row_agreement: jax.Array  # float32[K], sign agreement
+  row_norm_ratio: jax.Array  # float32[K], norm / others' median norm
+  row_valid: jax.Array  # bool[K], rows that updated the evidence
+  z: jax.Array  # float32[num_clients], robust z (0 before any arrival)
   num_quarantined: jax.Array  # int32[], after the update
   entered: jax.Array  # bool[num_clients], entered quarantine this batch
   exited: jax.Array  # bool[num_clients], left quarantine this batch
 
 
 def trust_init(num_clients: int) -> TrustState:
-  """Everyone starts fully trusted and not quarantined."""
+  """No evidence yet: everyone trusted, nobody quarantined."""
+  zeros = lambda dtype: jnp.zeros((num_clients,), dtype)  # distinct buffers
   return TrustState(score=jnp.ones((num_clients,), jnp.float32),
-                    quarantined=jnp.zeros((num_clients,), bool))
+                    quarantined=zeros(bool), total=zeros(jnp.float32),
+                    count=zeros(jnp.float32), arrivals=zeros(jnp.int32))
+
+
+def _middle(s: jax.Array, n: jax.Array):
+  """Sorted [K, c] (n valid rows first) -> rows n//2 - 1, n//2, n//2 + 1."""
+  h = n // 2
+  take = lambda i: jax.lax.dynamic_index_in_dim(
+      s, jnp.clip(i, 0, s.shape[0] - 1), 0, False)
+  return take(h - 1), take(h), take(h + 1)
 
 
 @jax.jit
-def agreement_scores(flat: jax.Array, valid: jax.Array, aggregate: jax.Array):
-  """[K, D], [K], [D] -> (score, cos, dnorm), each [K] (formula: module doc).
+def leave_one_out_median(flat: jax.Array, valid: jax.Array) -> jax.Array:
+  """[K, D] -> [K, D]: row k is the coordinate-wise median of the valid rows
+  other than k (`np.median(flat[valid & (arange(K) != k)], axis=0)`).
 
-  Invalid rows get score 0, cos 0, dnorm 0.
+  One sort per column: with n valid values s_0 <= ... <= s_{n-1} and
+  h = n // 2, dropping x leaves the median s_h if x <= s_{h-1} and s_{h-1}
+  otherwise (n even); (s_h + s_{h+1}) / 2, (s_{h-1} + s_h) / 2 or
+  (s_{h-1} + s_{h+1}) / 2 as x is below, above or at s_h (n odd). Ties give
+  the same value whichever equal element is dropped. Rows that are not
+  valid, and every row when fewer than two are, get 0.
+  """
+  n = jnp.sum(valid.astype(jnp.int32))
+  lo, mid, hi = _sortnet.map_sorted_blocks(lambda s, _: _middle(s, n), flat,
+                                           valid)
+  odd = jnp.where(flat < mid, 0.5 * (mid + hi),
+                  jnp.where(flat > mid, 0.5 * (lo + mid), 0.5 * (lo + hi)))
+  even = jnp.where(flat <= lo, mid, lo)
+  loo = jnp.where(n % 2 == 1, odd, even)
+  return jnp.where(valid[:, None] & (n >= 2), loo, 0.0).astype(flat.dtype)
+
+
+def row_scores(flat: jax.Array, valid: jax.Array, cfg: TrustConfig):
+  """[K, D], [K] -> (score, agreement, norm ratio), each [K] (module doc).
+
+  Rows not valid, and all rows when fewer than two are valid, get 0.
   """
   x = jnp.where(valid[:, None], flat, 0.0).astype(jnp.float32)
-  a = aggregate.astype(jnp.float32)
-  x_norm = jnp.sqrt(jnp.sum(x * x, axis=1))
-  a_norm = jnp.sqrt(jnp.sum(a * a))
-  denom = x_norm * a_norm
-  cos = jnp.where(denom > 0, (x @ a) / jnp.where(denom > 0, denom, 1.0), 0.0)
-  cos = jnp.where(a_norm > 0, cos, 1.0)
-  cos = jnp.clip(cos, -1.0, 1.0)
-  dist = jnp.sqrt(jnp.sum(jnp.square(x - a[None, :]), axis=1))
-  med = median_flat(dist[:, None], valid)[0]
-  dnorm = jnp.where(med > 0, dist / jnp.where(med > 0, med, 1.0),
-                    jnp.where(dist > 0, jnp.inf, 0.0))
-  score = 0.5 * (1.0 + cos) * jnp.exp(-jnp.maximum(0.0, dnorm - 1.0))
-  return (jnp.where(valid, score, 0.0), jnp.where(valid, cos, 0.0),
-          jnp.where(valid, dnorm, 0.0))
+  sx = jnp.sign(x)
+  sr = jnp.sign(leave_one_out_median(x, valid))
+  den = jnp.sqrt(jnp.sum(jnp.abs(sx), axis=1) * jnp.sum(jnp.abs(sr), axis=1))
+  agree = jnp.where(den > 0, jnp.sum(sx * sr, axis=1)
+                    / jnp.where(den > 0, den, 1.0), 0.0)
+  # Capped: a finite row whose squares overflow still compares as huge.
+  norm = jnp.minimum(jnp.sqrt(jnp.sum(x * x, axis=1)),
+                     jnp.finfo(jnp.float32).max)
+  typical = leave_one_out_median(norm[:, None], valid)[:, 0]
+  rho = jnp.where(typical > 0, norm / jnp.where(typical > 0, typical, 1.0),
+                  jnp.where(norm > 0, jnp.inf, 1.0))
+  # Without a penalty an infinite ratio must not give 0 * inf.
+  penalty = (cfg.norm_penalty * jnp.maximum(
+      0.0, jnp.log(rho / cfg.norm_tolerance)) if cfg.norm_penalty else 0.0)
+  score = jnp.clip(agree - penalty, -1.0, 1.0)
+  ok = valid & (jnp.sum(valid) >= 2)
+  return (jnp.where(ok, score, 0.0), jnp.where(ok, agree, 0.0),
+          jnp.where(ok, rho, 0.0))
+
+
+def _masked_median(values: jax.Array, mask: jax.Array) -> jax.Array:
+  s = jnp.sort(jnp.where(mask, values, jnp.inf))
+  return median_of_sorted(s[:, None], jnp.sum(mask.astype(jnp.int32)))[0]
+
+
+def robust_z(total: jax.Array, count: jax.Array, seen: jax.Array,
+             population: jax.Array, prior_count: float):
+  """Per-client evidence -> (z, shrunk mean), each [N] (module doc).
+
+  Median and MAD are over `population` (a non-empty subset of the `seen`
+  clients); the MAD scale is floored at 1e-6; unseen clients get z = 0.
+  """
+  mean = total / jnp.where(seen, count, 1.0)
+  med = _masked_median(mean, population)
+  # count >= 1 once a client has arrived, so the ratio is defined.
+  dev = jnp.where(seen, (mean - med) * count / (count + prior_count), 0.0)
+  scale = _MAD_TO_SD * _masked_median(jnp.abs(dev), population)
+  z = jnp.where(seen, dev / jnp.maximum(scale, _MIN_SCALE), 0.0)
+  return z, med + dev
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
 def trust_update(state: TrustState, client_ids: jax.Array,
-                 flat_updates: jax.Array, valid: jax.Array,
-                 aggregate: jax.Array,
-                 cfg: TrustConfig) -> tuple[TrustState, TrustInfo]:
-  """Scores a batch against its robust aggregate and updates trust.
+                 flat_updates: jax.Array, valid: jax.Array, cfg: TrustConfig,
+                 scored: jax.Array | None = None
+                 ) -> tuple[TrustState, TrustInfo]:
+  """Scores a batch leave-one-out, accumulates evidence, moves quarantine.
 
   Args:
     state: current `TrustState`.
     client_ids: [K] int ids in [0, num_clients) (padding rows: anything).
-    flat_updates: [K, D] the updates that were aggregated.
-    valid: [K] bool; non-finite rows are excluded as well.
-    aggregate: [D] the robust aggregate of this batch.
-    cfg: `TrustConfig` (static: closed over or passed as a Python object).
+    flat_updates: [K, D] the updates as aggregated.
+    valid: [K] bool, the rows that form the references; non-finite rows and
+      ids out of range are excluded as well.
+    cfg: `TrustConfig` (static).
+    scored: optional [K] bool, the valid rows whose scores count as
+      evidence (default: all), e.g. the newest row of a fedasync window.
 
   Returns:
     (new state, `TrustInfo`).
 
   >>> import jax.numpy as jnp
-  >>> cfg = TrustConfig(ema=0.5, threshold=0.4, release_threshold=0.6)
-  >>> st = trust_init(3)
-  >>> x = jnp.array([[1.0, 0.0], [1.0, 0.1], [-1.0, 0.0]])
-  >>> st, info = trust_update(st, jnp.array([0, 1, 2]), x, jnp.ones(3, bool),
-  ...                         jnp.array([1.0, 0.0]), cfg)
-  >>> [round(float(s), 3) for s in st.score], st.quarantined.tolist()
-  ([1.0, 0.999, 0.5], [False, False, False])
+  >>> x = jnp.array([[1.0, 1.0], [1.0, 0.5], [1.0, 2.0], [-1.0, -1.0]])
+  >>> st, cfg = trust_init(4), TrustConfig()
+  >>> for _ in range(3):  # min_count arrivals each
+  ...   st, info = trust_update(st, jnp.arange(4), x, jnp.ones(4, bool), cfg)
+  >>> [round(float(s), 2) for s in info.row_score]
+  [1.0, 1.0, 1.0, -1.0]
+  >>> st.quarantined.tolist()
+  [False, False, False, True]
   """
   num_clients = state.score.shape[0]
   k_rows = client_ids.shape[0]
   ids = client_ids.astype(jnp.int32)
-  ok = (valid & jnp.all(jnp.isfinite(flat_updates), axis=1)
-        & (ids >= 0) & (ids < num_clients))
-  score, cos, dnorm = agreement_scores(flat_updates, ok, aggregate)
+  ref = (valid & jnp.all(jnp.isfinite(flat_updates), axis=1)
+         & (ids >= 0) & (ids < num_clients))
+  score, agree, rho = row_scores(flat_updates, ref, cfg)
+  ok = ref & (jnp.sum(ref) >= 2)
+  ok = ok if scored is None else ok & scored
 
-  # Sequential EMA over duplicates in closed form: row k is discounted by
-  # ema once for every later valid row of the same client.
+  # Sequential discounting over a client's rows in closed form: row k is
+  # discounted by decay once for every later scored row of the same client.
   same = (ids[:, None] == ids[None, :]) & ok[:, None] & ok[None, :]
   later = jnp.sum(same & (jnp.arange(k_rows)[None, :] >
                           jnp.arange(k_rows)[:, None]), axis=1)
-  ema = jnp.float32(cfg.ema)
-  contrib = jnp.where(ok, (1.0 - ema) * ema ** later.astype(jnp.float32)
-                      * score, 0.0)
-  seg = jnp.where(ok, ids, num_clients)  # invalid rows -> dropped bucket
-  added = jax.ops.segment_sum(contrib, seg, num_clients + 1)[:num_clients]
-  count = jax.ops.segment_sum(ok.astype(jnp.float32), seg,
-                              num_clients + 1)[:num_clients]
-  trust = jnp.clip(ema ** count * state.score + added, 0.0, 1.0)
+  decay = jnp.float32(cfg.decay)
+  disc = jnp.where(ok, decay ** later.astype(jnp.float32), 0.0)
+  seg = jnp.where(ok, ids, num_clients)  # unscored rows -> dropped bucket
+  segsum = lambda a: jax.ops.segment_sum(a, seg, num_clients + 1)[
+      :num_clients]
+  n_new = segsum(ok.astype(jnp.int32))
+  keep = decay ** n_new.astype(jnp.float32)
+  total = keep * state.total + segsum(disc * score)
+  count = keep * state.count + segsum(disc)
+  arrivals = state.arrivals + n_new
 
+  seen = arrivals > 0
   q = state.quarantined
-  entered = ~q & (trust < cfg.threshold)
-  exited = q & (trust > cfg.release_threshold)
+  good = seen & ~q
+  z, shrunk = robust_z(total, count, seen,
+                       jnp.where(jnp.any(good), good, seen), cfg.prior_count)
+  entered = (~q & (z < -cfg.z_enter) & (shrunk < cfg.agreement_floor)
+             & (arrivals >= cfg.min_count))
+  exited = q & (z > -cfg.z_release)
   quarantined = (q | entered) & ~exited
-  info = TrustInfo(row_score=score, row_cos=cos, row_dist=dnorm, row_valid=ok,
+  trust = jnp.clip(1.0 + jnp.minimum(z, 0.0) / (2.0 * cfg.z_enter), 0.0, 1.0)
+  info = TrustInfo(row_score=score, row_agreement=agree, row_norm_ratio=rho,
+                   row_valid=ok, z=z,
                    num_quarantined=jnp.sum(quarantined.astype(jnp.int32)),
                    entered=entered, exited=exited)
-  return TrustState(score=trust, quarantined=quarantined), info
+  return TrustState(score=trust, quarantined=quarantined, total=total,
+                    count=count, arrivals=arrivals), info
 
 
 def trust_weights(state: TrustState, client_ids: jax.Array,
@@ -188,16 +319,14 @@ def trust_weights(state: TrustState, client_ids: jax.Array,
     cfg: supplies `quarantine_scale`; None means `TrustConfig()` defaults.
 
   Returns:
-    [K] float32: 1 for normal clients, quarantine_scale * trust for
-    quarantined ones. The caller multiplies these into its data weights.
+    [K] float32: 1 for normal clients, quarantine_scale for quarantined
+    ones. The caller multiplies these into its data weights.
 
   >>> import jax.numpy as jnp
-  >>> st = TrustState(score=jnp.array([0.9, 0.2]),
-  ...                 quarantined=jnp.array([False, True]))
+  >>> st = trust_init(2).replace(quarantined=jnp.array([False, True]))
   >>> [round(float(w), 3) for w in trust_weights(st, jnp.array([0, 1, 1]))]
-  [1.0, 0.02, 0.02]
+  [1.0, 0.1, 0.1]
   """
   scale = (cfg or TrustConfig()).quarantine_scale
   ids = jnp.clip(client_ids.astype(jnp.int32), 0, state.score.shape[0] - 1)
-  return jnp.where(state.quarantined[ids], scale * state.score[ids],
-                   1.0).astype(jnp.float32)
+  return jnp.where(state.quarantined[ids], scale, 1.0).astype(jnp.float32)

@@ -10,7 +10,8 @@ An aggregation (`aggregate_step`):
   rows.weight *= trust weights (quarantined clients count less)
   rows = clients chain (attack, validity, staleness, merge, norm clip)
   rows = aggregation chain (pre-aggregation stages, aggregator | privacy)
-  trust <- scored against rows.aggregate
+  trust <- each row of the clients chain scored against the median of
+           the others (afl/aggregators/trust.py)
   params <- optax step on -aggregate (fedbuff, sync), or
             params + a * aggregate (fedasync's window, `window_step`)
 
@@ -97,9 +98,11 @@ def _aggregate(spec: ServerSpec, state: ServerState, rows: Rows,
   info = {}
   trust = state.trust
   if spec.trust is not None:
-    ok = scored.mask if trust_rows is None else scored.mask & trust_rows
-    trust, tinfo = trust_lib.trust_update(trust, scored.ids, scored.flat, ok,
-                                          rows.aggregate, spec.trust)
+    # Every valid row is a reference for the others; `trust_rows` (the
+    # newest row of a fedasync window) picks whose scores count.
+    trust, tinfo = trust_lib.trust_update(trust, scored.ids, scored.flat,
+                                          scored.mask, spec.trust,
+                                          scored=trust_rows)
     info = dict(num_quarantined=tinfo.num_quarantined, entered=tinfo.entered,
                 exited=tinfo.exited)
   return rows.aggregate, (client_state, agg_state), trust, info
