@@ -11,8 +11,10 @@ import scipy.stats
 from absl.testing import parameterized
 
 from afl import aggregators
-from afl.aggregators import (_sortnet, base, centered_clip, clipping, geomed,
-                             hybrid, krum, mean, median, trimmed_mean, trust)
+from afl.aggregators import (_scale, _sortnet, base, bulyan, centered_clip,
+                             clipping, geomed, hybrid, krum, mean, median,
+                             params, trimmed_mean, trust)
+from afl.validate import ConfigError
 
 SIZES = (1, 2, 3, 64)
 D = 7
@@ -72,15 +74,16 @@ def ref_weighted_median(x, w, valid):
   return out
 
 
-def ref_weighted_trimmed_mean(x, w, valid, beta):
-  """Per-coordinate loop over weight intervals (trimmed_mean.py docstring)."""
+def ref_weighted_trimmed_mean(x, w, valid, beta, trim=None):
+  """Per-coordinate loop over weight intervals (trimmed_mean.py docstring);
+  `trim(n)` rows' worth cut per side, by default int(beta * n)."""
   keep = valid & (w > 0)
   xs, ws = x[keep].astype(np.float64), w[keep].astype(np.float64)
   out = np.zeros(x.shape[1])
   n = len(xs)
   if n == 0:
     return out
-  t = int(beta * n)
+  t = int(beta * n) if trim is None else trim(n)
   total = ws.sum()
   lo, hi = t * total / n, total - t * total / n
   for j in range(x.shape[1]):
@@ -251,9 +254,11 @@ ALL_KERNELS = [
     ("mean", {}), ("median", {}), ("median", {"weighted": True}),
     ("trimmed_mean", {"beta": 0.2}),
     ("trimmed_mean", {"beta": 0.2, "weighted": True}),
-    ("krum", {"num_byzantine": 1}),
+    ("trimmed_mean", {"byzantine_fraction": 0.3}),
+    ("krum", {"num_byzantine": 1}), ("krum", {"byzantine_fraction": 0.2}),
     ("multi_krum", {"num_byzantine": 1, "num_selected": 2}),
-    ("geomed", {}), ("centered_clip", {}), ("hybrid", {}),
+    ("bulyan", {}), ("geomed", {}), ("centered_clip", {}), ("hybrid", {}),
+    ("hybrid", {"byzantine_fraction": 0.3}),
 ]
 
 
@@ -358,12 +363,16 @@ def test_column_blocking_matches_references(k, d, block):
 @pytest.mark.parametrize("k,f", [(1, 0), (3, 1), (64, 8)])
 def test_krum_scores(k, f):
   x, _, _, valid = make_case(k, True, d=20)
-  scores = krum.krum_scores(jnp.asarray(x), jnp.asarray(valid), f)
+  scores = np.asarray(krum.krum_scores(jnp.asarray(x), jnp.asarray(valid), f))
   ref = ref_krum_scores(x, valid, f)
-  chex.assert_trees_all_close(np.where(valid, scores, 0),
+  # The scores of the rows times s^2, s a power of two.
+  top = ref[valid].max()
+  c = scores[valid].max() / top if top > 0 else 1.0
+  assert np.log2(c) == pytest.approx(round(np.log2(c)), abs=1e-4)
+  chex.assert_trees_all_close(np.where(valid, scores / c, 0),
                               np.where(valid, ref, 0), rtol=1e-4, atol=1e-5)
-  assert np.all(np.isinf(np.asarray(scores)[~valid]))
-  assert int(np.argmin(np.asarray(scores))) == int(np.argmin(ref))
+  assert np.all(np.isinf(scores[~valid]))
+  assert int(np.argmin(scores)) == int(np.argmin(ref))
 
 
 def test_geomed_collinear_and_weighted_closed_form():
@@ -375,6 +384,19 @@ def test_geomed_collinear_and_weighted_closed_form():
   out, _ = geomed.geomed_flat(x, jnp.array([1.0, 1.0, 3.0]), jnp.ones(3, bool),
                               500, 1e-12, 1e-9)
   chex.assert_trees_all_close(out, jnp.array([5.0, 0.0]), atol=1e-4)
+
+
+def test_geomed_start_on_a_data_point_still_converges():
+  """The coordinate-wise median is the row (-2, -1), not the optimum: the
+  smoothed Weiszfeld step barely leaves a data point, so the start must not
+  be the median itself."""
+  x = np.array([[3, -1], [-2, 2], [-2, -1], [1, 0], [-3, -3]], np.float32)
+  out, _ = geomed.geomed_flat(jnp.asarray(x), jnp.ones(5), jnp.ones(5, bool))
+  obj = lambda v: np.sum(np.linalg.norm(x - v, axis=1))
+  ref = scipy.optimize.minimize(obj, x.mean(0), method="Nelder-Mead",
+                                options=dict(xatol=1e-9, fatol=1e-12)).x
+  assert obj(np.asarray(out, np.float64)) <= obj(ref) * (1 + 1e-4)
+  assert obj(np.asarray(out, np.float64)) < obj(x[2]) - 0.1
 
 
 def test_centered_clip_bounds_outlier_influence():
@@ -471,14 +493,19 @@ def test_breakdown_krum_picks_honest(seed, identical):
 @pytest.mark.parametrize("name,kw,field", [
     ("trimmed_mean", {"beta": 0.5}, "beta"),
     ("trimmed_mean", {"beta": -0.1}, "beta"),
+    ("trimmed_mean", {"byzantine_fraction": 0.5}, "byzantine_fraction"),
     ("krum", {"num_byzantine": -1}, "num_byzantine"),
+    ("krum", {"byzantine_fraction": -0.1}, "byzantine_fraction"),
     ("multi_krum", {"num_selected": 0}, "num_selected"),
+    ("bulyan", {"num_byzantine": -1}, "num_byzantine"),
+    ("bulyan", {"byzantine_fraction": 0.5}, "byzantine_fraction"),
     ("geomed", {"eps": 0.0}, "eps"),
     ("geomed", {"max_iters": 0}, "max_iters"),
     ("centered_clip", {"tau": 0.0}, "tau"),
     ("centered_clip", {"iters": 0}, "iters"),
     ("hybrid", {"clip_multiplier": 0.0}, "clip_multiplier"),
     ("hybrid", {"beta": 0.7}, "beta"),
+    ("hybrid", {"byzantine_fraction": 0.6}, "byzantine_fraction"),
 ])
 def test_invalid_hyperparameters_name_the_field(name, kw, field):
   with pytest.raises(ValueError, match=field):
@@ -487,13 +514,269 @@ def test_invalid_hyperparameters_name_the_field(name, kw, field):
 
 def test_registry_names():
   assert set(base.names()) >= {"mean", "median", "trimmed_mean", "krum",
-                               "multi_krum", "geomed", "centered_clip",
-                               "hybrid"}
+                               "multi_krum", "bulyan", "geomed",
+                               "centered_clip", "hybrid"}
 
 
-@pytest.mark.parametrize("module", [mean, median, trimmed_mean, krum, geomed,
-                                    centered_clip, clipping, hybrid, trust],
+@pytest.mark.parametrize("module", [mean, median, trimmed_mean, krum, bulyan,
+                                    geomed, centered_clip, clipping, hybrid,
+                                    trust],
                          ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def test_docstring_examples(module):
   result = doctest.testmod(module, globs=dict(vars(module)))
   assert result.failed == 0 and result.attempted > 0
+
+
+# ----------------------------------------------------------------------------
+# Overflow: any finite rows up to float32 max.
+# ----------------------------------------------------------------------------
+
+FMAX = float(np.finfo(np.float32).max)
+# Parameters under which each rule tolerates 2 huge rows of 8 (those not
+# listed tolerate them with their defaults).
+ROBUST_KW = {"trimmed_mean": {"byzantine_fraction": 0.25},
+             "hybrid": {"byzantine_fraction": 0.25},
+             "krum": {"num_byzantine": 2}, "multi_krum": {"num_byzantine": 2}}
+
+
+def _variants(name, kw):
+  """kw, and kw with weighted=True where the rule has that parameter."""
+  out = [kw]
+  if "weighted" in aggregators.REGISTRY[name].param_fields():
+    out.append({**kw, "weighted": True})
+  return out
+
+
+def _apply_all_valid(name, kw, x, w):
+  agg = aggregators.get(name, **kw)
+  out, _ = apply_flat(agg, x, w, np.ones(len(x), bool),
+                      agg.init({"u": jnp.asarray(x)}))
+  return np.asarray(out, np.float64)
+
+
+@pytest.mark.parametrize("name", aggregators.names())
+def test_rows_near_float32_max_give_finite_results(name):
+  """Every output coordinate is finite and between the rows' extremes (or 0,
+  where centered clipping starts and hybrid clipping shrinks to)."""
+  rng = np.random.default_rng(0)
+  x = (FMAX * rng.uniform(0.5, 1.0, (8, 5))
+       * rng.choice([-1.0, 1.0], (8, 5))).astype(np.float32)
+  x[0] = FMAX  # the largest finite values themselves
+  x[1, :3] = -FMAX
+  w = rng.uniform(0.2, 3.0, 8).astype(np.float32)
+  lo, hi = np.minimum(x.min(0), 0), np.maximum(x.max(0), 0)
+  for kw in _variants(name, {}):
+    for ww in (w, np.ones(8, np.float32)):
+      out = _apply_all_valid(name, kw, x, ww)
+      assert np.all(np.isfinite(out)), (kw, out)
+      assert np.all((out >= lo) & (out <= hi)), (kw, out)
+
+
+def test_rows_near_float32_max_match_float64_references():
+  rng = np.random.default_rng(1)
+  x = (FMAX * rng.uniform(0.5, 1.0, (9, 4))).astype(np.float32)
+  x[:, 1] *= -1
+  x64, w = x.astype(np.float64), rng.uniform(0.2, 3.0, 9).astype(np.float32)
+  refs = [
+      ("mean", {}, np.average(x64, axis=0, weights=w)),
+      ("median", {}, np.median(x64, axis=0)),
+      ("trimmed_mean", {"beta": 0.2}, scipy.stats.trim_mean(x64, 0.2, axis=0)),
+      ("krum", {}, x64[np.argmin(ref_krum_scores(x64, np.ones(9, bool), 1))]),
+  ]
+  for name, kw, ref in refs:
+    np.testing.assert_allclose(_apply_all_valid(name, kw, x, w), ref,
+                               rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("huge", [1e30, 3e38])
+@pytest.mark.parametrize("name", aggregators.names())
+def test_two_huge_rows_of_eight(name, huge):
+  """Finite for every rule and weights; with equal weights, robust
+  (non-linear) rules stay within the honest rows' per-coordinate range (a
+  weighted trimmed mean cuts mass, so heavy huge rows could straddle it)."""
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((8, 5)).astype(np.float32)
+  x[[1, 5]] = np.clip(x[[1, 5]].astype(np.float64) * huge, -3e38, 3e38)
+  honest = np.array([0, 2, 3, 4, 6, 7])
+  lo, hi = x[honest].min(0), x[honest].max(0)
+  w = rng.uniform(0.5, 2.0, 8).astype(np.float32)
+  for kw in _variants(name, ROBUST_KW.get(name, {})):
+    for ww in (w, np.ones(8, np.float32)):
+      out = _apply_all_valid(name, kw, x, ww)
+      assert np.all(np.isfinite(out)), (kw, out)
+      if ww is not w and not aggregators.REGISTRY[name].prop("linear"):
+        assert np.all((out >= lo - 1e-6) & (out <= hi + 1e-6)), (kw, out)
+
+
+@pytest.mark.parametrize("huge", [1e30, 3e38])
+def test_krum_is_not_blinded_by_one_huge_row(huge):
+  """A huge row must not swamp the distances among the others: with rows
+  centred on the mean (dragged to ~huge / 8) the cancellation error exceeded
+  every honest distance, with one scale for all rows their squares
+  underflowed, and either way a moderate attacker could win."""
+  rng = np.random.default_rng(0)
+  x = 0.1 * rng.standard_normal((8, 16)).astype(np.float32)
+  x[0] += 1.0  # moderate: near the honest rows, but clearly the farthest
+  x[7] = huge
+  f = 2
+  ref = ref_krum_scores(x.astype(np.float64), np.ones(8, bool), f)
+  scores = np.asarray(krum.krum_scores(jnp.asarray(x), jnp.ones(8, bool), f))
+  np.testing.assert_array_equal(np.argsort(scores, kind="stable"),
+                                np.argsort(ref, kind="stable"))
+  agg = aggregators.get("krum", num_byzantine=f)
+  out = apply_flat(agg, x, np.ones(8, np.float32), np.ones(8, bool))[0]
+  np.testing.assert_array_equal(np.asarray(out), x[np.argmin(ref)])
+  assert np.argmin(ref) != 0
+
+
+def test_norm_rules_clip_rows_whose_norm_overflows():
+  x = np.full((3, 100), 1e20, np.float32)  # |row| = 1e21, |row|^2 > max
+  x[1] = 1.0
+  ones, valid = np.ones(3, np.float32), np.ones(3, bool)
+  clipped = np.asarray(clipping.clip_by_norm(jnp.asarray(x), valid, 2.0))
+  np.testing.assert_allclose(np.linalg.norm(clipped, axis=1), [2, 2, 2],
+                             rtol=1e-5)
+  agg = centered_clip.centered_clip(tau=1.0, iters=1)
+  out, _ = apply_flat(agg, x[[0, 2]], ones[:2], valid[:2],
+                      agg.init({"u": jnp.asarray(x)}))
+  np.testing.assert_allclose(np.asarray(out), np.full(100, 0.1), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# Weights in the Krum family: a weight-0 row takes no part.
+# ----------------------------------------------------------------------------
+
+KRUM_FAMILY = [("krum", {"num_byzantine": 1}),
+               ("multi_krum", {"num_byzantine": 1, "num_selected": 3}),
+               ("multi_krum", {"num_byzantine": 1, "num_selected": 3,
+                               "weighted": True}),
+               ("bulyan", {"num_byzantine": 1})]
+
+
+@pytest.mark.parametrize("name,kw", KRUM_FAMILY)
+def test_krum_family_zero_weight_row_is_as_if_masked(name, kw):
+  x, w, mask, _ = make_case(9, False, seed=3)
+  agg = aggregators.get(name, **kw)
+  scores = ref_krum_scores(x, mask, 1)
+  best = int(np.argmin(scores))  # the row Krum would pick
+  w0, m0 = w.copy(), mask.copy()
+  w0[best], m0[best] = 0.0, False
+  out = np.asarray(apply_flat(agg, x, w0, mask)[0])
+  np.testing.assert_array_equal(out, np.asarray(apply_flat(agg, x, w, m0)[0]))
+  if name == "krum":
+    assert not np.allclose(out, x[best])
+
+
+@pytest.mark.parametrize("name,kw", [KRUM_FAMILY[0], KRUM_FAMILY[1],
+                                     KRUM_FAMILY[3]])
+def test_krum_family_positive_weights_do_not_change_the_result(name, kw):
+  x, w, mask, _ = make_case(9, False, seed=4)
+  agg = aggregators.get(name, **kw)
+  np.testing.assert_array_equal(
+      np.asarray(apply_flat(agg, x, w, mask)[0]),
+      np.asarray(apply_flat(agg, x, np.ones(9, np.float32), mask)[0]))
+
+
+# ----------------------------------------------------------------------------
+# byzantine_fraction: ceil(fraction * n) per aggregation, n valid rows.
+# ----------------------------------------------------------------------------
+
+def ref_trim(x, valid, t):
+  """Sort per column, drop t per side, average (float64)."""
+  s = np.sort(x[valid].astype(np.float64), axis=0)
+  return s[t:len(s) - t].mean(axis=0) if len(s) else np.zeros(x.shape[1])
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.25, 0.3, 0.45])
+def test_byzantine_fraction_trims_ceil_of_valid_rows(fraction):
+  x, w, _, _ = make_case(12, False, seed=5)
+  tm = aggregators.get("trimmed_mean", byzantine_fraction=fraction)
+  wtm = aggregators.get("trimmed_mean", byzantine_fraction=fraction,
+                        weighted=True)
+  hy = aggregators.get("hybrid", byzantine_fraction=fraction,
+                       clip_multiplier=1e6, min_trusted=1,
+                       weight_threshold=0.0)
+  trim = lambda n: min(int(np.ceil(fraction * n)), (n - 1) // 2)
+  for n in (1, 2, 3, 5, 8, 9, 12):
+    mask = np.arange(12) < n
+    t = trim(n)
+    ref = ref_trim(x, mask, t)
+    # scipy with beta = t / n trims the same t (where the float product
+    # rounds back to t).
+    if int(t / n * n) == t:
+      chex.assert_trees_all_close(ref, scipy.stats.trim_mean(
+          x[mask].astype(np.float64), t / n, axis=0), atol=1e-12)
+    chex.assert_trees_all_close(apply_flat(tm, x, w, mask)[0], ref,
+                                atol=1e-5)
+    chex.assert_trees_all_close(
+        apply_flat(wtm, x, np.full(12, 0.7, np.float32), mask)[0], ref,
+        atol=1e-5)
+    ref_w = ref_weighted_trimmed_mean(x, w, mask, None, trim)
+    chex.assert_trees_all_close(apply_flat(wtm, x, w, mask)[0], ref_w,
+                                atol=1e-5)
+    out, _ = apply_flat(hy, x, w, mask, hy.init({"u": jnp.asarray(x)}))
+    chex.assert_trees_all_close(out, ref_w, atol=1e-5)
+
+
+def test_byzantine_fraction_trims_small_buffers_beta_does_not():
+  x = np.array([[1.0], [2.0], [3.0], [4.0], [5.0], [6.0], [7.0], [80.0]],
+               np.float32)
+  ones, mask = np.ones(8, np.float32), np.ones(8, bool)
+  by_beta = aggregators.get("trimmed_mean", beta=0.1)
+  by_fraction = aggregators.get("trimmed_mean", byzantine_fraction=0.1)
+  assert float(apply_flat(by_beta, x, ones, mask)[0][0]) == 13.5  # nothing
+  assert float(apply_flat(by_fraction, x, ones, mask)[0][0]) == 4.5
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.2, 0.3, 0.45])
+def test_byzantine_fraction_sets_krum_f_per_aggregation(fraction):
+  x, w, _, _ = make_case(16, False, seed=6, d=5)
+  x += 0.01 * np.arange(16)[:, None]  # no score ties
+  for n in (1, 3, 5, 8, 11, 16):
+    mask = np.arange(16) < n
+    f = int(np.ceil(fraction * n))
+    ref = ref_krum_scores(x, mask, f)
+    by_fraction = aggregators.get("krum", byzantine_fraction=fraction)
+    chex.assert_trees_all_close(apply_flat(by_fraction, x, w, mask)[0],
+                                x[np.argmin(ref)])
+    mk = aggregators.get("multi_krum", byzantine_fraction=fraction,
+                         num_selected=3)
+    chosen = np.argsort(ref, kind="stable")[:min(3, n)]
+    chex.assert_trees_all_close(apply_flat(mk, x, w, mask)[0],
+                                x[chosen].mean(0), atol=1e-6)
+
+
+class _Rows:
+  """The one method of the experiment config that `check` reads."""
+
+  def __init__(self, rows):
+    self.rows = rows
+
+  def rows_per_aggregation(self):
+    return self.rows
+
+
+@pytest.mark.parametrize("cls,kw,rows,key", [
+    (params.Krum, {"num_byzantine": 2}, 6, "num_byzantine"),
+    (params.MultiKrum, {"byzantine_fraction": 0.3}, 8, "byzantine_fraction"),
+    (params.Bulyan, {"num_byzantine": 1}, 6, "num_byzantine"),
+    (params.Bulyan, {"byzantine_fraction": 0.2}, 10, "byzantine_fraction"),
+])
+def test_config_check_names_the_key_that_sets_f(cls, kw, rows, key):
+  p = cls(**kw)
+  p.validate("aggregator")
+  with pytest.raises(ConfigError, match=rf"^config\.aggregator\.{key}: "):
+    p.check(_Rows(rows), "aggregator")
+  p.check(_Rows(rows + 10), "aggregator")  # enough rows: no error
+
+
+def test_byzantine_fraction_is_one_shared_config_key():
+  from afl import config  # pylint: disable=g-import-not-at-top
+  for name in ("trimmed_mean", "krum", "multi_krum", "bulyan", "hybrid"):
+    assert "byzantine_fraction" in aggregators.REGISTRY[name].param_fields()
+  c = config.build_config({"aggregator": {"name": "bulyan",
+                                          "byzantine_fraction": 0.1}})
+  assert c.aggregator.params == params.Bulyan(byzantine_fraction=0.1)
+  with pytest.raises(ConfigError, match=r"^config\.aggregator\."
+                     "byzantine_fraction: "):
+    config.build_config({"aggregator": {"byzantine_fraction": 0.5}})

@@ -1,5 +1,6 @@
 """With `server.merge_client_rows=False` afl reproduces the code before the
-server became a chain of stages (commit 9beb1fe) bit for bit.
+server became a chain of stages (commit 9beb1fe), up to float rounding
+(bit for bit until the aggregators' norms became overflow-safe).
 
 The test runs that commit's source (from git) and today's code side by side
 on a tiny FedBuff run with the hybrid pipeline, where clients land several
@@ -68,7 +69,11 @@ def test_merge_off_reproduces_baseline_bitwise(tmp_path):
   base_params, base_metrics = _run(_baseline_tree(tmp_path), tmp_path,
                                    "baseline")
   params, metrics = _run(ROOT, tmp_path, "nomerge")
-  assert metrics == base_metrics
-  np.testing.assert_array_equal(params, base_params)
+  # Up to float rounding: norms are now taken on power-of-two-scaled rows
+  # (overflow-safe aggregators), which rounds differently.
+  assert [m[:2] for m in metrics] == [m[:2] for m in base_metrics]
+  np.testing.assert_allclose([m[2] for m in metrics],
+                             [m[2] for m in base_metrics], rtol=1e-5)
+  np.testing.assert_allclose(params, base_params, rtol=1e-4, atol=1e-6)
   merged, _ = _run(ROOT, tmp_path, "merge")
   assert not np.array_equal(merged, base_params)  # duplicates were merged

@@ -1,11 +1,13 @@
 """Aggregators: factories returning (init, apply); chosen by name from config.
 
-Registered names: mean, median, trimmed_mean, krum, multi_krum, geomed,
-centered_clip, hybrid. Pre-aggregation clipping lives in `clipping`, the
-per-client trust manager in `trust`, each aggregator's config parameters
-in `params`.
+Registered names: mean, median, trimmed_mean, krum, multi_krum, bulyan,
+geomed, centered_clip, hybrid. Pre-aggregation clipping lives in
+`clipping`, the per-client trust manager in `trust`, each aggregator's
+config parameters in `params`, the overflow-safe arithmetic they share in
+`_scale`.
 """
 # Imported for their @register side effects.
+from afl.aggregators import bulyan  # noqa: F401
 from afl.aggregators import centered_clip  # noqa: F401
 from afl.aggregators import geomed  # noqa: F401
 from afl.aggregators import hybrid  # noqa: F401

@@ -20,6 +20,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from afl import registry as registry_lib
@@ -98,3 +99,20 @@ def reshard_coordinatewise(kernel, flat, weights, valid, mesh, axis: str):
 def valid_rows(flat: jax.Array, mask: jax.Array) -> jax.Array:
   """mask & all-finite per row: a row with any NaN/inf counts as invalid."""
   return mask & jnp.all(jnp.isfinite(flat), axis=1)
+
+
+def check_fraction(name: str, value: float) -> None:
+  """A per-side fraction (trim, Byzantine) must lie in [0, 0.5)."""
+  if not 0.0 <= value < 0.5:
+    raise ValueError(f"{name} must be in [0, 0.5), got {value!r}")
+
+
+def count_table(num_rows: int, count: Callable[[int], int]) -> jax.Array:
+  """[K+1] int32 table of `count(n)` for n = 0..K valid rows.
+
+  Built in Python at trace time (K is static), so a count such as
+  int(beta * n) is Python's exactly, never a float32 rounding of it; index
+  it with the traced number of valid rows.
+  """
+  return jnp.asarray(np.array([count(n) for n in range(num_rows + 1)],
+                              dtype=np.int32))

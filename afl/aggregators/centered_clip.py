@@ -8,6 +8,12 @@ over the valid rows (w_i = `weights`; equal weights give the paper's 1/n).
 Each row can move the center by at most tau * w_i / sum w per step, so
 arbitrarily large rows have bounded influence.
 
+Each |d_i|, d_i = x_i - v, is formed on d_i times its own power of two
+(`_scale.scaled_row_norms`) and the clip factor applied in two steps, so
+rows up to float32 max pull the center by exactly tau (an overflowed norm
+used to make their pull 0), and small rows keep their precision beside huge
+ones.
+
 State: the center, a flat [D] float32 vector holding the previous aggregate
 (the paper's momentum center); `init(example_updates)` makes it zero, and
 every `apply` returns the new aggregate as the next state. When no valid
@@ -19,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from afl.aggregators import base, params
+from afl.aggregators import _scale, base, params
 
 
 @functools.partial(jax.jit, static_argnames="iters")
@@ -40,17 +46,22 @@ def centered_clip_flat(flat: jax.Array, weights: jax.Array, valid: jax.Array,
     [D] aggregate in float32.
   """
   x = jnp.where(valid[:, None], flat, 0.0).astype(jnp.float32)
+  center = center.astype(jnp.float32)
   w = jnp.where(valid, jnp.maximum(weights.astype(jnp.float32), 0.0), 0.0)
   total = jnp.sum(w)
   w = w / jnp.where(total > 0, total, 1.0)
+  row_max = jnp.max(jnp.abs(x), axis=1)
 
   def step(_, v):
-    diff = x - v[None, :]
-    norm = jnp.sqrt(jnp.sum(jnp.square(diff), axis=1))
-    scale = jnp.minimum(1.0, tau / jnp.where(norm > 0, norm, 1.0))
-    return v + (w * scale) @ diff
+    # x - v overflows only where |d_i| > float32 max: its length is tau.
+    diff = _scale.saturate(x - v[None, :])
+    norm, s = _scale.scaled_row_norms(diff, row_max + jnp.max(jnp.abs(v)))
+    # (d_i s_i) * w_i min(1/s_i, tau/|d_i s_i|) = w_i d_i min(1, tau/|d_i|),
+    # in two steps neither of which can overflow or underflow.
+    coef = w * jnp.minimum(1 / s, tau / jnp.where(norm > 0, norm, 1.0))
+    return _scale.saturate(v + coef @ (diff * s[:, None]))
 
-  return lax.fori_loop(0, iters, step, center.astype(jnp.float32))
+  return lax.fori_loop(0, iters, step, center)
 
 
 @base.register("centered_clip", params=params.CenteredClip)

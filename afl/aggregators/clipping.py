@@ -4,22 +4,25 @@ Plain functions, meant to run before an aggregation kernel (the hybrid
 pipeline uses `clip_relative_to_median_norm`). Rows scaled down keep their
 direction. Invalid rows are returned untouched, so `base.valid_rows` still
 flags them downstream, and never enter the median norm.
+
+Each row's norm is computed on the row times its own power of two
+(`_scale.scaled_row_norms`), so rows with entries up to float32 max (whose
+norms may exceed it) are clipped as exactly as small ones, and one row's
+size never affects another row's clipping (what per-row sensitivity, as in
+DP, relies on). Results are bit-identical to the plain formula wherever
+that does not overflow.
 """
 import jax
 import jax.numpy as jnp
 
+from afl.aggregators import _scale
 from afl.aggregators.median import median_flat
 
 
-def row_norms(flat: jax.Array) -> jax.Array:
-  """[K, D] -> [K] Euclidean norms (float32)."""
-  return jnp.sqrt(jnp.sum(jnp.square(flat.astype(jnp.float32)), axis=1))
-
-
-def _scale_rows(flat, valid, norms, max_norm):
-  scale = jnp.minimum(1.0, max_norm / jnp.where(norms > 0, norms, 1.0))
-  clipped = (flat * scale[:, None].astype(flat.dtype))
-  return jnp.where(valid[:, None], clipped, flat)
+def _scaled_norms(flat, valid):
+  x = jnp.where(valid[:, None], flat, 0.0).astype(jnp.float32)
+  norm, s = _scale.scaled_row_norms(x, jnp.max(jnp.abs(x), axis=1))
+  return x, norm, s
 
 
 @jax.jit
@@ -41,7 +44,12 @@ def clip_by_norm(flat: jax.Array, valid: jax.Array,
   >>> [[round(float(v), 4) for v in row] for row in out]
   [[0.6, 0.8], [0.3, 0.4]]
   """
-  return _scale_rows(flat, valid, row_norms(flat), max_norm)
+  x, norm, s = _scaled_norms(flat, valid)
+  # (x s) * min(1/s, C/|x s|) is x * min(1, C/|x|) in two steps, neither of
+  # which can underflow or overflow.
+  factor = jnp.minimum(1 / s, max_norm / jnp.where(norm > 0, norm, 1.0))
+  clipped = (x * s[:, None]) * factor[:, None]
+  return jnp.where(valid[:, None], clipped.astype(flat.dtype), flat)
 
 
 @jax.jit
@@ -53,10 +61,14 @@ def median_norm_clip_scale(flat: jax.Array, valid: jax.Array,
   pipeline scales inside its sort blocks) instead of writing a clipped copy.
 
   Returns:
-    ([K] factors in (0, 1], 1 for invalid rows; threshold scalar).
+    ([K] factors in [0, 1], 1 for invalid rows; threshold scalar, saturated
+    at float32 max). A factor below 2^-126 (a row more than ~1e38 times the
+    threshold) is 0: such a row is zeroed rather than scaled onto it.
   """
-  norms = row_norms(jnp.where(valid[:, None], flat, 0.0))
-  threshold = multiplier * median_flat(norms[:, None], valid)[0]
+  _, norm, s = _scaled_norms(flat, valid)
+  norms = _scale.saturate(norm * (1 / s))
+  threshold = _scale.saturate(
+      multiplier * median_flat(norms[:, None], valid)[0])
   scale = jnp.minimum(1.0, threshold / jnp.where(norms > 0, norms, 1.0))
   return jnp.where(valid, scale, 1.0), threshold
 

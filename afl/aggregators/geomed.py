@@ -5,9 +5,24 @@ weights, with the iteration of Pillutla et al.:
 
   b_i = a_i / max(eps, |v - x_i|),    v <- sum_i b_i x_i / sum_i b_i
 
-started at the weighted mean. The floor `eps` keeps the step defined when v
-lands on a data point (the plain Weiszfeld step divides by zero there). It
-stops after `max_iters` steps or once |g(v_old) - g(v_new)| <= tol * g(v_new).
+The floor `eps` keeps the step defined when v lands on a data point (the
+plain Weiszfeld step divides by zero there). It stops after `max_iters`
+steps or once |g(v_old) - g(v_new)| <= tol * g(v_new).
+
+Start (`robust_start`): the weighted mean of the rows within the weighted
+median distance of the coordinate-wise median. Not the mean: a few
+huge rows drag it arbitrarily far, and since their distances dominate g,
+the relative tolerance then stops the iteration long before it reaches the
+other rows (1e30-sized rows left it at ~1e27). Not the coordinate-wise
+median itself: it is often a data point (ties, zero rows), where the
+smoothed step barely moves and the tolerance stops it at once. For the same
+reason, with far rows present the result can be within a few steps of the
+start, which lies among the bulk of the rows.
+
+Numerics: distances are computed per row on the row minus v times a power
+of two (`_scale.row_dists`), saturating at float32 max; the step divides by
+the nearest floored distance first, so b <= a and the new v is a convex
+combination of the rows: finite for rows up to float32 max.
 """
 import functools
 
@@ -15,12 +30,20 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from afl.aggregators import base, params
+from afl.aggregators import _scale, base, params
+from afl.aggregators import median as median_lib
 from afl.aggregators.mean import weighted_mean_flat
 
 
-def _dists(x, v):
-  return jnp.sqrt(jnp.sum(jnp.square(x - v[None, :]), axis=1))
+def robust_start(x: jax.Array, a: jax.Array, valid: jax.Array,
+                 row_max: jax.Array) -> jax.Array:
+  """[K, D] -> [D]: the weighted mean of the rows no farther from the
+  coordinate-wise median than the weighted median distance to it (the
+  unweighted median: a sort without a weight payload is ~4x faster)."""
+  med = median_lib.median_flat(x, valid)
+  r = _scale.row_dists(x, med, row_max)
+  r_med = median_lib.weighted_median_flat(r[:, None], a, valid)[0]
+  return weighted_mean_flat(x, a, valid & (r <= r_med))
 
 
 @functools.partial(jax.jit, static_argnames="max_iters")
@@ -45,8 +68,9 @@ def geomed_flat(flat: jax.Array, weights: jax.Array, valid: jax.Array,
   a = jnp.where(valid, jnp.maximum(weights.astype(jnp.float32), 0.0), 0.0)
   total = jnp.sum(a)
   a = a / jnp.where(total > 0, total, 1.0)
-  v0 = weighted_mean_flat(x, a, valid)
-  d0 = _dists(x, v0)
+  row_max = jnp.max(jnp.abs(x), axis=1)
+  v0 = robust_start(x, a, valid, row_max)
+  d0 = _scale.row_dists(x, v0, row_max)
 
   def cond(carry):
     i, _, _, _, done = carry
@@ -54,10 +78,13 @@ def geomed_flat(flat: jax.Array, weights: jax.Array, valid: jax.Array,
 
   def body(carry):
     i, v, d, obj, _ = carry
-    b = a / jnp.maximum(d, eps)
+    dd = jnp.maximum(d, eps)
+    # a_i / dd_i times min dd: the same step, with b <= a (no overflow).
+    b = a * (jnp.min(jnp.where(a > 0, dd, jnp.inf)) / dd)
     b_sum = jnp.sum(b)
-    v_new = jnp.where(b_sum > 0, (b @ x) / jnp.where(b_sum > 0, b_sum, 1.0), v)
-    d_new = _dists(x, v_new)
+    v_new = jnp.where(b_sum > 0, _scale.saturate(
+        (b / jnp.where(b_sum > 0, b_sum, 1.0)) @ x), v)
+    d_new = _scale.row_dists(x, v_new, row_max)
     obj_new = jnp.sum(a * d_new)
     done = jnp.abs(obj - obj_new) <= tol * obj_new
     return i + 1, v_new, d_new, obj_new, done

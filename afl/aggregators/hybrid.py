@@ -16,9 +16,11 @@ Exact order inside `apply(updates, weights, mask, state)`:
      weights of a normal client near 1 (e.g. data weights divided by their
      mean), since step 5 compares them with an absolute threshold.
   4. Both statistics are read off ONE sort of the clipped rows (weights
-     carried along): the weighted trimmed mean with `beta`
-     (`trimmed_mean.weighted_trimmed_mean_of_sorted`) and the weighted median
-     (`median.weighted_median_of_sorted`).
+     carried along): the weighted trimmed mean with `beta`, or with
+     `byzantine_fraction` > 0 cutting ceil(byzantine_fraction * n) rows'
+     worth per side (n: valid rows of positive weight; clamped as in
+     `trimmed_mean`), (`trimmed_mean.weighted_trimmed_mean_of_sorted`) and
+     the weighted median (`median.weighted_median_of_sorted`).
   5. Fallback: if fewer than `min_trusted` valid rows have weight
      > `weight_threshold`, the weighted median is returned, else the trimmed
      mean. The switch is a `jnp.where` on a traced flag: `apply` is one
@@ -46,7 +48,9 @@ class HybridState:
 
 def hybrid_flat(flat: jax.Array, weights: jax.Array, valid: jax.Array, *,
                 clip_multiplier: float, beta: float, min_trusted: int,
-                weight_threshold: float) -> tuple[jax.Array, HybridState]:
+                weight_threshold: float,
+                byzantine_fraction: float = 0.0
+                ) -> tuple[jax.Array, HybridState]:
   """[K, D] -> ([D] aggregate, HybridState); steps 2-5 of the module doc."""
   # The clip factors are applied inside the sort blocks (no clipped copy).
   scale, threshold = clipping.median_norm_clip_scale(flat, valid,
@@ -57,7 +61,8 @@ def hybrid_flat(flat: jax.Array, weights: jax.Array, valid: jax.Array, *,
 
   w = _sortnet.normalize_weights(weights, valid)
   n_pos = jnp.sum((w > 0).astype(jnp.int32))
-  t = trimmed_mean_lib.trim_counts(flat.shape[0], beta)[n_pos]
+  t = trimmed_mean_lib.trim_counts(flat.shape[0], beta,
+                                   byzantine_fraction)[n_pos]
 
   def stats(s, ws):
     tm = trimmed_mean_lib.weighted_trimmed_mean_of_sorted(s, ws, n_pos, t)
@@ -71,7 +76,7 @@ def hybrid_flat(flat: jax.Array, weights: jax.Array, valid: jax.Array, *,
 
 @base.register("hybrid", params=params.Hybrid)
 def hybrid(clip_multiplier: float = 2.0, beta: float = 0.1,
-           min_trusted: int = 3,
+           byzantine_fraction: float = 0.0, min_trusted: int = 3,
            weight_threshold: float = 0.5) -> base.Aggregator:
   """Clip (relative to median norm) -> trust-weighted trimmed mean / median.
 
@@ -79,6 +84,8 @@ def hybrid(clip_multiplier: float = 2.0, beta: float = 0.1,
     clip_multiplier: clip valid rows to this multiple of their median norm
       (> 0).
     beta: per-side trim fraction of the weighted trimmed mean, in [0, 0.5).
+    byzantine_fraction: in [0, 0.5); > 0 trims ceil(byzantine_fraction * n)
+      rows' worth per side instead of floor(beta * n).
     min_trusted: below this many trusted rows, use the weighted median (>= 0).
     weight_threshold: a valid row is trusted if its weight (data weight x
       trust weight, supplied by the caller) exceeds this.
@@ -102,7 +109,8 @@ def hybrid(clip_multiplier: float = 2.0, beta: float = 0.1,
   """
   if not clip_multiplier > 0:
     raise ValueError(f"clip_multiplier must be > 0, got {clip_multiplier!r}")
-  trimmed_mean_lib.check_beta(beta)
+  base.check_fraction("beta", beta)
+  base.check_fraction("byzantine_fraction", byzantine_fraction)
   if min_trusted < 0:
     raise ValueError(f"min_trusted must be >= 0, got {min_trusted!r}")
 
@@ -118,7 +126,8 @@ def hybrid(clip_multiplier: float = 2.0, beta: float = 0.1,
     valid = base.valid_rows(flat, mask)
     out, new_state = hybrid_flat(
         flat, weights, valid, clip_multiplier=clip_multiplier, beta=beta,
-        min_trusted=min_trusted, weight_threshold=weight_threshold)
+        min_trusted=min_trusted, weight_threshold=weight_threshold,
+        byzantine_fraction=byzantine_fraction)
     return unravel(out.astype(flat.dtype)), new_state
 
   return base.Aggregator(init, apply)

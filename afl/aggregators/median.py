@@ -16,7 +16,9 @@ exactly on a boundary between two elements the two neighbours are averaged.
 For equal weights C_i = i (after `normalize_weights` rescales them to exactly
 1), so an odd n picks the middle element and an even n averages the two
 middle elements: exactly `np.median`. Zero-weight rows never cross the half
-mass first, so they never set the value.
+mass first, so they never set the value. A pair is averaged as
+(lower + upper) / 2, or, where that sum overflows (both near float32 max,
+same sign), as lower + (upper - lower) / 2 (`midpoint`).
 """
 import jax
 import jax.numpy as jnp
@@ -25,11 +27,17 @@ from jax import lax
 from afl.aggregators import _sortnet, base, params
 
 
+def midpoint(lo: jax.Array, hi: jax.Array) -> jax.Array:
+  """(lo + hi) / 2 for lo <= hi, finite for finite inputs."""
+  mid = 0.5 * (lo + hi)
+  return jnp.where(jnp.isfinite(mid), mid, lo + 0.5 * (hi - lo))
+
+
 def median_of_sorted(s: jax.Array, n: jax.Array) -> jax.Array:
   """[K, c] columns sorted ascending with n valid rows first -> [c] median."""
   lo = lax.dynamic_index_in_dim(s, jnp.maximum(n - 1, 0) // 2, 0, False)
   hi = lax.dynamic_index_in_dim(s, n // 2, 0, False)
-  return jnp.where(n > 0, 0.5 * (lo + hi), 0.0).astype(s.dtype)
+  return jnp.where(n > 0, midpoint(lo, hi), 0.0).astype(s.dtype)
 
 
 def weighted_median_of_sorted(s: jax.Array, ws: jax.Array) -> jax.Array:
@@ -38,7 +46,7 @@ def weighted_median_of_sorted(s: jax.Array, ws: jax.Array) -> jax.Array:
   half = 0.5 * cum[-1]
   lower = jnp.min(jnp.where(cum >= half, s, jnp.inf), axis=0)
   upper = jnp.min(jnp.where(cum > half, s, jnp.inf), axis=0)
-  return jnp.where(cum[-1] > 0, 0.5 * (lower + upper), 0.0).astype(s.dtype)
+  return jnp.where(cum[-1] > 0, midpoint(lower, upper), 0.0).astype(s.dtype)
 
 
 @jax.jit

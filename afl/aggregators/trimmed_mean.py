@@ -1,51 +1,64 @@
 """Coordinate-wise trimmed mean, unweighted and weighted.
 
-Unweighted: with n valid rows, drop the t = floor(beta * n) smallest and t
-largest values per coordinate and average the remaining n - 2t; identical to
-`scipy.stats.trim_mean(x[valid], beta, axis=0)`. t is read from a table
-built in Python at trace time (K is static), so it is exactly scipy's
-`int(beta * n)`, never a float32 rounding of it.
+Unweighted: with n valid rows, drop the t smallest and t largest values per
+coordinate and average the remaining n - 2t. By default t = floor(beta * n),
+identical to `scipy.stats.trim_mean(x[valid], beta, axis=0)`; with
+`byzantine_fraction` > 0, t = ceil(byzantine_fraction * n), clamped to
+floor((n - 1) / 2) so that at least one value is left (with 0.4 and n = 2
+nothing is trimmed). t is read from a table built in Python at trace time
+(K is static, `base.count_table`), so it is exactly Python's int(beta * n)
+or math.ceil(byzantine_fraction * n), never a float32 rounding of it.
 
 Weighted: each sorted value x_(i) owns the weight interval
 [C_(i-1), C_i) of the cumulative weight axis [0, W). With n rows of positive
-weight and t = floor(beta * n), a mass L = t * W / n is cut from each end,
+weight and t as above for that n, a mass L = t * W / n is cut from each end,
 and the result is the weighted average over [L, W - L), rows straddling a cut
 counting with the part of their weight inside it:
 
   result = sum_i x_(i) * |[C_(i-1), C_i) & [L, W - L)| / (W - 2L)
 
-The trimmed fraction per side is thus t / n <= beta, the fraction scipy trims;
-with equal weights (rescaled to exactly 1) every row is kept whole or cut
-whole and the result equals the unweighted one.
+The trimmed fraction per side is thus t / n; with equal weights (rescaled to
+exactly 1) every row is kept whole or cut whole and the result equals the
+unweighted one.
+
+Both stay finite for values up to float32 max: the unweighted sum runs on
+values times 2^-ceil(log2 K) (exact), the weighted one multiplies each value
+by its kept fraction |...| / (W - 2L) <= 1 (`_scale`).
 """
 import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from afl.aggregators import _sortnet, base, params
-
-
-def check_beta(beta: float) -> None:
-  if not 0.0 <= beta < 0.5:
-    raise ValueError(f"beta must be in [0, 0.5), got {beta!r}")
+from afl.aggregators import _scale, _sortnet, base, params
 
 
-def trim_counts(num_rows: int, beta: float) -> jax.Array:
-  """[K+1] int32 table: t[n] = int(beta * n), scipy's per-side trim count."""
-  return jnp.asarray(np.array([int(beta * n) for n in range(num_rows + 1)],
-                              dtype=np.int32))
+def trim_counts(num_rows: int, beta: float,
+                byzantine_fraction: float = 0.0) -> jax.Array:
+  """[K+1] int32 table: t[n], the per-side trim count of n rows (module doc)."""
+  return base.count_table(num_rows, lambda n: min(
+      params.byzantine_count(n, byzantine_fraction, int(beta * n)),
+      max((n - 1) // 2, 0)))
 
 
-def trimmed_mean_of_sorted(s: jax.Array, n: jax.Array,
-                           t: jax.Array) -> jax.Array:
-  """Sorted [K, c] (n valid rows first), t cut per side -> [c] mean."""
+def mean_of_sorted_ranks(s: jax.Array, lo: jax.Array,
+                         hi: jax.Array) -> jax.Array:
+  """Sorted [K, c] -> [c] mean of the rows ranked lo, ..., hi - 1.
+
+  Args:
+    s: [K, c] columns sorted ascending.
+    lo, hi: int scalars or [c] (one window per column).
+
+  Returns:
+    [c]; 0 where the window is empty.
+  """
   rank = jnp.arange(s.shape[0])[:, None]
-  keep = (rank >= t) & (rank < n - t)
-  total = jnp.sum(jnp.where(keep, s, 0.0), axis=0)
-  count = jnp.maximum(n - 2 * t, 1).astype(s.dtype)
-  return jnp.where(n > 0, total / count, 0.0).astype(s.dtype)
+  keep = (rank >= lo) & (rank < hi)
+  h = _scale.sum_headroom(s.shape[0])
+  total = jnp.sum(jnp.where(keep, s * h, 0.0), axis=0)
+  count = jnp.broadcast_to(hi - lo, total.shape)
+  mean = total / jnp.maximum(count, 1).astype(s.dtype) * (1 / h)
+  return jnp.where(count > 0, _scale.saturate(mean), 0.0).astype(s.dtype)
 
 
 def weighted_trimmed_mean_of_sorted(s: jax.Array, ws: jax.Array,
@@ -61,37 +74,42 @@ def weighted_trimmed_mean_of_sorted(s: jax.Array, ws: jax.Array,
   cut = t.astype(total.dtype) * total / n
   lo, hi = cut, total - cut
   kept = jnp.clip(jnp.minimum(cum, hi) - jnp.maximum(prev, lo), 0.0, None)
+  den = hi - lo
+  frac = kept / jnp.where(den > 0, den, 1.0)
   # inf * 0 would be NaN: rows with no kept mass (incl. the +inf padding)
   # are dropped before multiplying.
-  num = jnp.sum(jnp.where(kept > 0, s * kept, 0.0), axis=0)
-  den = hi - lo
-  return jnp.where(total > 0, num / jnp.where(den > 0, den, 1.0),
-                   0.0).astype(s.dtype)
+  out = jnp.sum(jnp.where(kept > 0, s * frac, 0.0), axis=0)
+  return jnp.where(total > 0, _scale.saturate(out), 0.0).astype(s.dtype)
 
 
-@functools.partial(jax.jit, static_argnames="beta")
-def trimmed_mean_flat(flat: jax.Array, valid: jax.Array,
-                      beta: float) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("beta", "byzantine_fraction"))
+def trimmed_mean_flat(flat: jax.Array, valid: jax.Array, beta: float,
+                      byzantine_fraction: float = 0.0) -> jax.Array:
   """[K, D] -> [D] trimmed mean of the valid rows (0 if none).
 
   Args:
     flat: [K, D] updates.
     valid: [K] bool; False rows are ignored.
     beta: static fraction in [0, 0.5) trimmed from each side.
+    byzantine_fraction: static; > 0 trims ceil(byzantine_fraction * n) per
+      side instead (module docstring).
 
   Returns:
-    [D], equal to `scipy.stats.trim_mean(flat[valid], beta, axis=0)`.
+    [D]; with byzantine_fraction = 0 equal to
+    `scipy.stats.trim_mean(flat[valid], beta, axis=0)`.
   """
-  check_beta(beta)
+  base.check_fraction("beta", beta)
+  base.check_fraction("byzantine_fraction", byzantine_fraction)
   n = jnp.sum(valid.astype(jnp.int32))
-  t = trim_counts(flat.shape[0], beta)[n]
+  t = trim_counts(flat.shape[0], beta, byzantine_fraction)[n]
   return _sortnet.map_sorted_blocks(
-      lambda s, _: trimmed_mean_of_sorted(s, n, t), flat, valid)
+      lambda s, _: mean_of_sorted_ranks(s, t, n - t), flat, valid)
 
 
-@functools.partial(jax.jit, static_argnames="beta")
+@functools.partial(jax.jit, static_argnames=("beta", "byzantine_fraction"))
 def weighted_trimmed_mean_flat(flat: jax.Array, weights: jax.Array,
-                               valid: jax.Array, beta: float) -> jax.Array:
+                               valid: jax.Array, beta: float,
+                               byzantine_fraction: float = 0.0) -> jax.Array:
   """[K, D] -> [D] weighted trimmed mean (definition: module docstring).
 
   Args:
@@ -100,25 +118,34 @@ def weighted_trimmed_mean_flat(flat: jax.Array, weights: jax.Array,
     valid: [K] bool; False rows are ignored.
     beta: static fraction in [0, 0.5); t = floor(beta * n) rows' worth of
       mass is cut per side, n the number of valid rows with positive weight.
+    byzantine_fraction: static; > 0 cuts t = ceil(byzantine_fraction * n)
+      rows' worth instead (clamped as in the module docstring).
 
   Returns:
     [D]; 0 where the valid rows carry no weight.
   """
-  check_beta(beta)
+  base.check_fraction("beta", beta)
+  base.check_fraction("byzantine_fraction", byzantine_fraction)
   w = _sortnet.normalize_weights(weights, valid)
   n_pos = jnp.sum((w > 0).astype(jnp.int32))
-  t = trim_counts(flat.shape[0], beta)[n_pos]
+  t = trim_counts(flat.shape[0], beta, byzantine_fraction)[n_pos]
   return _sortnet.map_sorted_blocks(
       lambda s, ws: weighted_trimmed_mean_of_sorted(s, ws, n_pos, t),
       flat, valid, w)
 
 
 @base.register("trimmed_mean", params=params.TrimmedMean)
-def trimmed_mean(beta: float = 0.1, weighted: bool = False) -> base.Aggregator:
-  """Coordinate-wise beta-trimmed mean of the valid updates.
+def trimmed_mean(beta: float = 0.1, byzantine_fraction: float = 0.0,
+                 weighted: bool = False) -> base.Aggregator:
+  """Coordinate-wise trimmed mean of the valid updates.
 
   Args:
-    beta: fraction in [0, 0.5) trimmed from each side (static).
+    beta: fraction in [0, 0.5) trimmed from each side (static):
+      floor(beta * n) rows of n.
+    byzantine_fraction: in [0, 0.5) (static); > 0 trims
+      ceil(byzantine_fraction * n) rows per side instead of beta's count, so
+      that small aggregations trim too (beta = 0.1 trims nothing below 10
+      rows); clamped to leave at least one row.
     weighted: if False, `weights` are ignored (matches scipy's trim_mean);
       if True, trims by cumulative weight (module docstring).
 
@@ -126,7 +153,7 @@ def trimmed_mean(beta: float = 0.1, weighted: bool = False) -> base.Aggregator:
     An `Aggregator`; its state is `()`.
 
   Raises:
-    ValueError: if beta is outside [0, 0.5).
+    ValueError: if beta or byzantine_fraction is outside [0, 0.5).
 
   References:
     Yin et al., "Byzantine-robust distributed learning: towards optimal
@@ -139,11 +166,13 @@ def trimmed_mean(beta: float = 0.1, weighted: bool = False) -> base.Aggregator:
   >>> float(out["w"][0])
   2.5
   """
-  check_beta(beta)
+  base.check_fraction("beta", beta)
+  base.check_fraction("byzantine_fraction", byzantine_fraction)
 
   def kernel(flat, weights, valid):
     if weighted:
-      return weighted_trimmed_mean_flat(flat, weights, valid, beta)
-    return trimmed_mean_flat(flat, valid, beta)
+      return weighted_trimmed_mean_flat(flat, weights, valid, beta,
+                                        byzantine_fraction)
+    return trimmed_mean_flat(flat, valid, beta, byzantine_fraction)
 
   return base.from_kernel(kernel)
