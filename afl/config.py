@@ -17,6 +17,7 @@ import math
 from typing import ClassVar
 
 from afl import aggregators
+from afl.aggregators import trust as trust_lib
 from afl import attacks
 from afl import compression
 from afl import config_checks
@@ -213,28 +214,15 @@ class StageSection(config_tree.PerComponent):
 
 
 @dataclasses.dataclass(**_kw)
-class TrustSection:
-  """Trust scores with soft quarantine (afl/aggregators/trust.py, whose
-  `TrustConfig` documents and validates every key but `enabled`)."""
+class TrustSection(trust_lib.TrustConfig):
+  """Trust scores with soft quarantine: `enabled` and the keys of
+  `afl.aggregators.trust.TrustConfig`, which documents and validates them."""
   enabled: bool = False
-  decay: float = 0.9
-  prior_count: float = 2.0
-  min_count: int = 3
-  z_enter: float = 3.0
-  z_release: float = 2.0
-  agreement_floor: float = 0.0
-  norm_tolerance: float = 2.0
-  norm_penalty: float = 0.5
-  quarantine_scale: float = 0.1
 
-  def validate(self, p):
-    self.trust_config().validate(p)
-
-  def trust_config(self):
-    from afl.aggregators import trust  # pylint: disable=g-import-not-at-top
-    fields = dataclasses.asdict(self)
-    del fields["enabled"]
-    return trust.TrustConfig(**fields)
+  def trust_config(self) -> trust_lib.TrustConfig:
+    return trust_lib.TrustConfig(**{
+        f.name: getattr(self, f.name)
+        for f in dataclasses.fields(trust_lib.TrustConfig)})
 
 
 @dataclasses.dataclass(**_kw)
