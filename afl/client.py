@@ -137,26 +137,23 @@ def make_client_fns(loss_fn, optimizer: optax.GradientTransformation,
   else:
     parts = 1
 
-  def loss_and_grad(params, x, y, frozen):
-    if parts == 1:
-      return jax.value_and_grad(loss_fn)(params, x, y, frozen)
-    m = grad_microbatch
-    out = [jax.value_and_grad(loss_fn)(params, x[i * m:(i + 1) * m],
-                                       y[i * m:(i + 1) * m], frozen)
-           for i in range(parts)]
-    return jax.tree_util.tree_map(lambda *a: sum(a) / parts, *out)
+  def loss_and_grad(params, x, y, frozen, mask=None):
+    """The batch mean, or with `mask` the mean over the valid examples (0
+    for an empty batch: the loss weighted by mask / count)."""
+    w = (None if mask is None else
+         mask / jnp.maximum(jnp.sum(mask), 1).astype(jnp.float32))
 
-  def masked_loss_and_grad(params, x, y, frozen, mask):
-    """The mean over the valid examples (0 for an empty batch)."""
-    w = mask / jnp.maximum(jnp.sum(mask), 1).astype(jnp.float32)
+    def value_and_grad(lo, hi):
+      args = (x, y) if lo is None else (x[lo:hi], y[lo:hi])
+      weights = () if w is None else ((w,) if lo is None else (w[lo:hi],))
+      return jax.value_and_grad(loss_fn)(params, *args, frozen, *weights)
     if parts == 1:
-      return jax.value_and_grad(loss_fn)(params, x, y, frozen, w)
+      return value_and_grad(None, None)
     m = grad_microbatch
-    out = [jax.value_and_grad(loss_fn)(params, x[i * m:(i + 1) * m],
-                                       y[i * m:(i + 1) * m], frozen,
-                                       w[i * m:(i + 1) * m])
-           for i in range(parts)]
-    return jax.tree_util.tree_map(lambda *a: sum(a), *out)
+    out = [value_and_grad(i * m, (i + 1) * m) for i in range(parts)]
+    # Means of equal parts average; weighted sums add up.
+    return jax.tree_util.tree_map(
+        lambda *a: sum(a) / parts if w is None else sum(a), *out)
 
   def init(params, root_key, client_id, task_index):
     key = task_key(root_key, client_id, task_index)
@@ -197,10 +194,9 @@ def make_client_fns(loss_fn, optimizer: optax.GradientTransformation,
           dp.noise_multiplier, dp.microbatch_size, denominator=batch_size,
           packed=sampler.kind == "poisson" and bucket is None)
       loss = aux["loss"]  # the batch's mean loss, from the per-example pass
-    elif sampler.masked:
-      loss, grads = masked_loss_and_grad(state.params, x, y, frozen, mask)
     else:
-      loss, grads = loss_and_grad(state.params, x, y, frozen)
+      loss, grads = loss_and_grad(state.params, x, y, frozen,
+                                  mask if sampler.masked else None)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     new = ClientState(params=optax.apply_updates(state.params, updates),
                       opt_state=opt_state, key=key,

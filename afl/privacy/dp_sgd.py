@@ -293,13 +293,10 @@ def dp_sgd_gradient(
   if packed and split < size:
     # The first B slots always (a Poisson batch rarely has fewer than B
     # valid examples), the rest only when it holds any.
-    cut = lambda a: (a[:split], a[split:])
-    (head, tail), (head_mask, tail_mask) = (
-        jax.tree_util.tree_transpose(
-            jax.tree_util.tree_structure(batch),
-            jax.tree_util.tree_structure((0, 0)),
-            jax.tree_util.tree_map(cut, batch)), cut(mask))
-    first = sums(head, head_mask)
+    head = jax.tree_util.tree_map(lambda a: a[:split], batch)
+    tail = jax.tree_util.tree_map(lambda a: a[split:], batch)
+    first = sums(head, mask[:split])
+    tail_mask = mask[split:]
     rest = lax.cond(jnp.any(tail_mask), lambda: sums(tail, tail_mask),
                     lambda: jax.tree_util.tree_map(jnp.zeros_like, first))
     total, n_clipped, norm_sum, loss_sum = jax.tree_util.tree_map(
