@@ -29,6 +29,7 @@ from afl.data import text as text_lib
 from afl.privacy import ledger as privacy_lib
 from afl.scheduler import Scheduler
 from afl.server import build as server_build
+from afl.server import root as root_lib
 from afl.validate import ConfigError
 
 
@@ -79,14 +80,35 @@ def load_data(cfg: ExperimentConfig, log: Callable = print):
   return loaders.load_image_dataset(d.name, d.dir or None, **kwargs)
 
 
-def make_partition(cfg: ExperimentConfig, labels, rng):
+def make_partition(cfg: ExperimentConfig, labels, rng, pool=None):
+  """Client shards of the training examples, or of those in `pool` (ids)."""
   d = cfg.data
   try:
-    return partition_lib.make(d.partition, labels, cfg.num_clients, rng,
-                              min_size=d.min_shard_size,
-                              **dataclasses.asdict(d.params))
+    part = partition_lib.make(
+        d.partition, labels if pool is None else labels[pool],
+        cfg.num_clients, rng, min_size=d.min_shard_size,
+        **dataclasses.asdict(d.params))
   except ValueError as e:  # e.g. too few examples for num_clients
     raise ConfigError(f"config.data.partition: {e}") from None
+  if pool is None:
+    return part
+  return dataclasses.replace(part,
+                             indices=pool[part.indices].astype(np.int32))
+
+
+def _root_ids(cfg: ExperimentConfig, num_train: int, log: Callable):
+  """trust.reference=root: (root example ids, the clients' pool) or None."""
+  t = cfg.trust
+  if not (t.enabled and t.reference == "root"):
+    return None
+  if t.root_examples >= num_train:
+    raise ConfigError(
+        f"config.trust.root_examples: {t.root_examples} leaves none of the "
+        f"{num_train} training examples to the clients")
+  log(f"trust: reference = the server's update on {t.root_examples} "
+      "held-out training examples (FLTrust). ASSUMPTION: the server holds "
+      "clean data from the clients' distribution")
+  return root_lib.hold_out(num_train, t.root_examples, cfg.seed)
 
 
 def make_sampler(cfg: ExperimentConfig, shard_sizes, log: Callable = print):
@@ -142,7 +164,9 @@ def _client_backend(cfg, apply_fn, privacy, atk, num_classes, data_max,
 def build(cfg: ExperimentConfig, log: Callable = print) -> Components:
   part_rng, sched_rng, root = _seeds(cfg.seed)
   ds = load_data(cfg, log)
-  partition = make_partition(cfg, ds.train_y, part_rng)
+  held = _root_ids(cfg, len(ds.train_y), log)
+  partition = make_partition(cfg, ds.train_y, part_rng,
+                             None if held is None else held[1])
   log(partition_lib.format_summary(
       partition_lib.summarize(partition, ds.train_y, ds.num_classes)))
 
@@ -170,8 +194,10 @@ def build(cfg: ExperimentConfig, log: Callable = print) -> Components:
   backend, kind = _client_backend(cfg, apply_fn, privacy, atk,
                                   ds.num_classes, data_max, sampler, log)
 
+  reference = (None if held is None else root_lib.RootReference(
+      cfg, apply_fn, data, held[0], kind, jax.random.fold_in(root, 3)))
   server, mode = server_build.build(
-      cfg, params, jax.random.fold_in(root, 2),
+      cfg, params, jax.random.fold_in(root, 2), reference=reference,
       update_attack=atk.update_attack() if atk.has_update_attack else None,
       mesh=backend_lib.client_mesh(jax.local_devices()), log=log,
       **privacy.server_kwargs())

@@ -216,8 +216,18 @@ class StageSection(config_tree.PerComponent):
 @dataclasses.dataclass(**_kw)
 class TrustSection(trust_lib.TrustConfig):
   """Trust scores with soft quarantine: `enabled` and the keys of
-  `afl.aggregators.trust.TrustConfig`, which documents and validates them."""
+  `afl.aggregators.trust.TrustConfig`, which documents and validates them;
+  `reference` is what each update is scored against: "median" (of the other
+  updates, leave-one-out) or "root" (FLTrust: the server's own update on
+  `root_examples` held-out training examples, `afl.server.root`)."""
   enabled: bool = False
+  reference: str = "median"
+  root_examples: int = 100
+
+  def validate(self, p: str = "trust"):
+    super().validate(p)
+    _choice(f"{p}.reference", self.reference, ("median", "root"))
+    _range(f"{p}.root_examples", self.root_examples, 1)
 
   def trust_config(self) -> trust_lib.TrustConfig:
     return trust_lib.TrustConfig(**{

@@ -278,4 +278,14 @@ class Simulation:
                              time.perf_counter() - self.t0),
         backend=self.c.backend_kind, num_params=int(self.c.num_params),
         **self.c.comm.metrics(), **self.c.privacy.metrics(),
-        stop_reason=reason)
+        **self._trust_reference(), stop_reason=reason)
+
+  def _trust_reference(self) -> dict:
+    t = self.cfg.trust
+    if not t.enabled:
+      return {}
+    if t.reference == "median":
+      return dict(trust_reference="median")
+    return dict(trust_reference="root", trust_root_examples=t.root_examples,
+                trust_assumption="the server holds clean training examples "
+                "(FLTrust root data)")

@@ -112,11 +112,12 @@ def _rich_config(max_versions):
 
 
 def _staged_config(max_versions):
-  """FedBuff with per-client server state: client momentum, trust."""
+  """FedBuff with per-client server state: client momentum, trust against
+  the root update."""
   c = tiny.get_config()
   c.num_clients, c.concurrency = 20, 6
   c.aggregator.update(name="centered_clip", stages=("client_momentum",))
-  c.trust.enabled = True
+  c.trust.update(enabled=True, reference="root", root_examples=32)
   c.attack.update(kind="sign_flip", fraction=0.25)
   c.stop.max_versions = max_versions
   c.eval.every_versions = 5

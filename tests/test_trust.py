@@ -90,7 +90,7 @@ def test_row_scores_closed_forms():
                  [10.0, 10.0, 10.0, 10.0],  # agrees, 20/2 = 10x too long
                  [9.0, 9.0, 9.0, 9.0]])     # invalid below
   valid = jnp.array([True] * 6 + [False])
-  score, agree, rho = trust.row_scores(x, valid, CFG)
+  score, agree, rho, _ = trust.row_scores(x, valid, CFG)
   chex.assert_trees_all_close(agree, jnp.array([1, 0.5, 1, 1, -1, 1, 0]),
                               atol=1e-6)
   norms = np.linalg.norm(np.asarray(x)[:6], axis=1)
@@ -109,6 +109,35 @@ def test_row_scores_closed_forms():
   chex.assert_trees_all_equal(z[0], jnp.zeros(3))
   one = trust.row_scores(x[:2], jnp.array([True, False]), CFG)
   chex.assert_trees_all_equal(one[0], jnp.zeros(2))
+
+
+def test_row_scores_against_a_reference():
+  """With a reference g every row is compared with g itself: the sign
+  cosine and |x| / |g| in numpy; one valid row suffices; an unusable g
+  (zero, non-finite) scores nothing."""
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(5, 12)).astype(np.float32)
+  x[3] *= 9.0
+  g = rng.normal(size=12).astype(np.float32)
+  valid = np.array([True, True, False, True, True])
+  score, agree, rho, ok = trust.row_scores(jnp.asarray(x), jnp.asarray(valid),
+                                           CFG, jnp.asarray(g))
+  want_agree = np.sign(x) @ np.sign(g) / 12.0
+  want_rho = np.linalg.norm(x, axis=1) / np.linalg.norm(g)
+  pen = CFG.norm_penalty * np.maximum(0, np.log(want_rho / CFG.norm_tolerance))
+  want = np.where(valid, np.clip(want_agree - pen, -1, 1), 0.0)
+  np.testing.assert_allclose(np.asarray(agree), np.where(valid, want_agree, 0),
+                             atol=1e-6)
+  np.testing.assert_allclose(np.asarray(score), want, atol=1e-5)
+  assert pen[3] > 0 and np.asarray(ok).tolist() == valid.tolist()
+  alone = trust.row_scores(jnp.asarray(x), jnp.asarray(valid & (np.arange(5)
+                                                                == 0)),
+                           CFG, jnp.asarray(g))
+  assert float(alone[0][0]) == pytest.approx(float(want[0]), abs=1e-5)
+  for bad in (np.zeros(12), np.full(12, np.nan)):
+    out = trust.row_scores(jnp.asarray(x), jnp.asarray(valid), CFG,
+                           jnp.asarray(bad, jnp.float32))
+    assert not np.asarray(out[3]).any() and not np.asarray(out[0]).any()
 
 
 def _pattern(flipped_row: int, k: int = 4):
@@ -242,9 +271,11 @@ def test_update_compiles_once():
   assert trust.trust_update._cache_size() == size
 
 
-def _tiny_run(attack: bool, versions: int = 30, reform: bool = False):
-  """Tiny FedBuff (20 clients, buffers of 8, hybrid + trust), optionally 25%
-  sign flippers. Returns (simulation, summary, transition log); each entry
+def _tiny_run(attack: bool, versions: int = 30, reform: bool = False,
+              reference: str = "median"):
+  """Tiny FedBuff (20 clients, buffers of 8, hybrid + trust against
+  `reference`; root: 64 held-out examples), optionally 25% sign flippers.
+  Returns (simulation, summary, transition log); each entry
   is (event, client, version, its scored arrivals, malicious then). With
   `reform`, a client stops attacking once it is quarantined."""
   c = tiny.get_config()
@@ -253,7 +284,7 @@ def _tiny_run(attack: bool, versions: int = 30, reform: bool = False):
   if attack:
     c.attack.update(kind="sign_flip", fraction=0.25)
   c.aggregator.name = "hybrid"
-  c.trust.enabled = True
+  c.trust.update(enabled=True, reference=reference, root_examples=64)
   c.stop.max_versions = versions
   c.eval.every_versions = 5
   events, sims = [], []
@@ -271,8 +302,9 @@ def _tiny_run(attack: bool, versions: int = 30, reform: bool = False):
   return sims[0], sims[0].run(), events
 
 
-def test_tiny_sign_flippers_quarantined_honest_never():
-  sim, s, events = _tiny_run(attack=True)
+@pytest.mark.parametrize("reference", ["median", "root"])
+def test_tiny_sign_flippers_quarantined_honest_never(reference):
+  sim, s, events = _tiny_run(attack=True, reference=reference)
   bad = set(np.flatnonzero(sim.c.malicious).tolist())
   assert len(bad) == 5
   assert all(mal for _, _, _, _, mal in events), events  # no honest one
@@ -284,8 +316,9 @@ def test_tiny_sign_flippers_quarantined_honest_never():
   assert s["mean_trust_malicious"] < 0.5 < s["mean_trust_honest"]
 
 
-def test_tiny_without_attack_nobody_quarantined_trust_stationary():
-  sim, s, events = _tiny_run(attack=False)
+@pytest.mark.parametrize("reference", ["median", "root"])
+def test_tiny_without_attack_nobody_quarantined_trust_stationary(reference):
+  sim, s, events = _tiny_run(attack=False, reference=reference)
   assert not events and s["num_quarantined"] == 0
   # The reported trust is relative to the population: no drift.
   means = [r["mean_trust_honest"] for r in sim.history.records[1:]]

@@ -2,8 +2,11 @@
 
 Scoring. Each valid row x_k of an aggregation is compared with a reference
 that excludes it: the coordinate-wise median r_k of the OTHER valid rows
-(`leave_one_out_median`), so an update never votes for itself. With
-sign(0) = 0 and rho_k = |x_k| / median_{j != k} |x_j|,
+(`leave_one_out_median`), so an update never votes for itself, or, given a
+`reference` g (FLTrust's root update: the server's own training step on
+clean held-out data, `afl.server.root`), r_k = g for every row. With
+sign(0) = 0 and rho_k = |x_k| / median_{j != k} |x_j| (|x_k| / |g| with a
+reference),
 
   agree_k = <sign x_k, sign r_k> / sqrt(nnz(x_k) nnz(r_k))   in [-1, 1]
   score_k = clip(agree_k - norm_penalty * max(0, log(rho_k / norm_tolerance)),
@@ -15,8 +18,9 @@ magnitudes keeps a few large coordinates from deciding it (on the
 Fashion-MNIST demo its per-row AUC between honest and sign-flipped updates
 is 0.91, against 0.75 for the plain cosine with the same reference). Signs
 ignore scale, so updates longer than `norm_tolerance` times the typical
-one (scaling, noise) lose `norm_penalty` per e-fold of excess length. A
-batch with fewer than two valid rows scores nothing.
+one (scaling, noise) lose `norm_penalty` per e-fold of excess length.
+Without a reference, a batch with fewer than two valid rows scores
+nothing; with one, a non-finite or zero reference scores nothing.
 
 Evidence. Per client, a discounted sum and count of its scores,
 
@@ -189,30 +193,46 @@ def leave_one_out_median(flat: jax.Array, valid: jax.Array) -> jax.Array:
   return jnp.where(valid[:, None] & (n >= 2), loo, 0.0).astype(flat.dtype)
 
 
-def row_scores(flat: jax.Array, valid: jax.Array, cfg: TrustConfig):
-  """[K, D], [K] -> (score, agreement, norm ratio), each [K] (module doc).
+def _norms(x: jax.Array) -> jax.Array:
+  # Capped: a finite row whose squares overflow still compares as huge.
+  return jnp.minimum(jnp.sqrt(jnp.sum(x * x, axis=-1)),
+                     jnp.finfo(jnp.float32).max)
 
-  Rows not valid, and all rows when fewer than two are valid, get 0.
+
+def row_scores(flat: jax.Array, valid: jax.Array, cfg: TrustConfig,
+               reference: jax.Array | None = None):
+  """[K, D], [K] -> (score, agreement, norm ratio, scored), each [K]
+  (module doc); `scored` marks the rows that got a score.
+
+  `reference`: None (leave-one-out medians) or a [D] update every row is
+  compared with. Rows not valid get 0; so do all rows when fewer than two
+  are valid (no reference) or the reference is zero or not finite.
   """
   x = jnp.where(valid[:, None], flat, 0.0).astype(jnp.float32)
   sx = jnp.sign(x)
-  sr = jnp.sign(leave_one_out_median(x, valid))
+  norm = _norms(x)
+  if reference is None:
+    sr = jnp.sign(leave_one_out_median(x, valid))
+    typical = leave_one_out_median(norm[:, None], valid)[:, 0]
+    ok = valid & (jnp.sum(valid) >= 2)
+  else:
+    g = reference.astype(jnp.float32)
+    usable = jnp.all(jnp.isfinite(g))
+    g = jnp.where(usable, g, 0.0)
+    sr = jnp.broadcast_to(jnp.sign(g), x.shape)
+    typical = jnp.broadcast_to(_norms(g), norm.shape)
+    ok = valid & usable & (typical > 0)
   den = jnp.sqrt(jnp.sum(jnp.abs(sx), axis=1) * jnp.sum(jnp.abs(sr), axis=1))
   agree = jnp.where(den > 0, jnp.sum(sx * sr, axis=1)
                     / jnp.where(den > 0, den, 1.0), 0.0)
-  # Capped: a finite row whose squares overflow still compares as huge.
-  norm = jnp.minimum(jnp.sqrt(jnp.sum(x * x, axis=1)),
-                     jnp.finfo(jnp.float32).max)
-  typical = leave_one_out_median(norm[:, None], valid)[:, 0]
   rho = jnp.where(typical > 0, norm / jnp.where(typical > 0, typical, 1.0),
                   jnp.where(norm > 0, jnp.inf, 1.0))
   # Without a penalty an infinite ratio must not give 0 * inf.
   penalty = (cfg.norm_penalty * jnp.maximum(
       0.0, jnp.log(rho / cfg.norm_tolerance)) if cfg.norm_penalty else 0.0)
   score = jnp.clip(agree - penalty, -1.0, 1.0)
-  ok = valid & (jnp.sum(valid) >= 2)
   return (jnp.where(ok, score, 0.0), jnp.where(ok, agree, 0.0),
-          jnp.where(ok, rho, 0.0))
+          jnp.where(ok, rho, 0.0), ok)
 
 
 def _masked_median(values: jax.Array, mask: jax.Array) -> jax.Array:
@@ -239,9 +259,10 @@ def robust_z(total: jax.Array, count: jax.Array, seen: jax.Array,
 @functools.partial(jax.jit, static_argnames="cfg")
 def trust_update(state: TrustState, client_ids: jax.Array,
                  flat_updates: jax.Array, valid: jax.Array, cfg: TrustConfig,
-                 scored: jax.Array | None = None
+                 scored: jax.Array | None = None,
+                 reference: jax.Array | None = None
                  ) -> tuple[TrustState, TrustInfo]:
-  """Scores a batch leave-one-out, accumulates evidence, moves quarantine.
+  """Scores a batch, accumulates evidence, moves quarantine.
 
   Args:
     state: current `TrustState`.
@@ -252,6 +273,8 @@ def trust_update(state: TrustState, client_ids: jax.Array,
     cfg: `TrustConfig` (static).
     scored: optional [K] bool, the valid rows whose scores count as
       evidence (default: all), e.g. the newest row of a fedasync window.
+    reference: optional [D] update to score every row against (FLTrust's
+      root update) instead of the leave-one-out medians.
 
   Returns:
     (new state, `TrustInfo`).
@@ -271,8 +294,7 @@ def trust_update(state: TrustState, client_ids: jax.Array,
   ids = client_ids.astype(jnp.int32)
   ref = (valid & jnp.all(jnp.isfinite(flat_updates), axis=1)
          & (ids >= 0) & (ids < num_clients))
-  score, agree, rho = row_scores(flat_updates, ref, cfg)
-  ok = ref & (jnp.sum(ref) >= 2)
+  score, agree, rho, ok = row_scores(flat_updates, ref, cfg, reference)
   ok = ok if scored is None else ok & scored
 
   # Sequential discounting over a client's rows in closed form: row k is

@@ -78,11 +78,12 @@ def build_spec(cfg, params, key, *, update_attack=None, dp_clip=None,
       merged=s.merge_client_rows)
 
 
-def build(cfg, params, key, **spec_kwargs):
-  """(Server, mode object) for `cfg`; kwargs go to `build_spec`."""
+def build(cfg, params, key, reference=None, **spec_kwargs):
+  """(Server, mode object) for `cfg`; `reference`: trust's root update
+  (`afl.server.root.RootReference`) or None; kwargs go to `build_spec`."""
   spec = build_spec(cfg, params, key, **spec_kwargs)
   entry = modes_lib.REGISTRY[cfg.server.mode]
   server = Server(spec, cfg.server, params, entry.prop("rows")(cfg),
-                  cfg.num_clients)
+                  cfg.num_clients, reference)
   mode = entry.build(cfg.server.params, server=server, server_cfg=cfg.server)
   return server, mode

@@ -19,10 +19,12 @@ from afl.server import step as step_lib
 class Server:
 
   def __init__(self, spec: step_lib.ServerSpec, cfg, params, capacity: int,
-               num_clients: int):
+               num_clients: int, reference=None):
     """`cfg`: the ServerConfig (staleness function, example weighting);
-    `capacity`: rows per buffer/round."""
+    `capacity`: rows per buffer/round; `reference`: trust's root update,
+    (params, aggregation index) -> [D] (`afl.server.root`), or None."""
     self.spec = spec
+    self.reference = reference
     self.cfg = cfg
     self.capacity = capacity
     self.state = step_lib.init_state(spec, params, capacity, num_clients)
@@ -50,8 +52,12 @@ class Server:
 
   def _run(self, fn, *args):
     params = self.state.params
+    # The root update from the model the aggregation is applied to.
+    ref = (self.reference(params, int(self.state.step))
+           if self.reference is not None else None)
     self.state, self.last_info = fn(self.spec, params,
-                                    self.state.replace(params=()), *args)
+                                    self.state.replace(params=()), *args,
+                                    reference=ref)
 
   def aggregate(self, arrivals: list, stalenesses=None):
     """One buffer/round of `rows.Arrival`s: the stages and an optax step."""

@@ -11,7 +11,8 @@ An aggregation (`aggregate_step`):
   rows = clients chain (attack, validity, staleness, merge, norm clip)
   rows = aggregation chain (pre-aggregation stages, aggregator | privacy)
   trust <- each row of the clients chain scored against the median of
-           the others (afl/aggregators/trust.py)
+           the others, or against the server's root update
+           (afl/aggregators/trust.py, afl/server/root.py)
   params <- optax step on -aggregate (fedbuff, sync), or
             params + a * aggregate (fedasync's window, `window_step`)
 
@@ -86,8 +87,9 @@ def empty_rows(k: int, flat) -> Rows:
 
 
 def _aggregate(spec: ServerSpec, state: ServerState, rows: Rows,
-               trust_rows=None):
-  """Rows -> (aggregate [D], new stage states, new trust, info)."""
+               trust_rows=None, reference=None):
+  """Rows -> (aggregate [D], new stage states, new trust, info);
+  `reference`: trust's [D] root update, or None."""
   if spec.trust is not None:
     rows = rows.replace(weight=rows.weight * trust_lib.trust_weights(
         state.trust, rows.ids, spec.trust))
@@ -102,7 +104,8 @@ def _aggregate(spec: ServerSpec, state: ServerState, rows: Rows,
     # newest row of a fedasync window) picks whose scores count.
     trust, tinfo = trust_lib.trust_update(trust, scored.ids, scored.flat,
                                           scored.mask, spec.trust,
-                                          scored=trust_rows)
+                                          scored=trust_rows,
+                                          reference=reference)
     info = dict(num_quarantined=tinfo.num_quarantined, entered=tinfo.entered,
                 exited=tinfo.exited)
   return rows.aggregate, (client_state, agg_state), trust, info
@@ -114,15 +117,16 @@ def _unravel(params):
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=(2,))
 def aggregate_step(spec: ServerSpec, params, rest: ServerState, stacked,
-                   rows: Rows):
+                   rows: Rows, reference=None):
   """A buffer or round: the stages, then an optax step on -aggregate.
 
   `rest` is the state without params (donated); `stacked` the [K, ...]
-  deltas pytree that becomes `rows.flat`.
+  deltas pytree that becomes `rows.flat`; `reference` trust's root update.
   """
   state = rest.replace(params=params)
   rows = rows.replace(flat=jax.vmap(ravel)(stacked))
-  agg, stage_states, trust, info = _aggregate(spec, state, rows)
+  agg, stage_states, trust, info = _aggregate(spec, state, rows,
+                                              reference=reference)
   grads = jax.tree_util.tree_map(jnp.negative, _unravel(params)(agg))
   updates, opt_state = spec.optimizer.update(grads, state.opt_state, params)
   new = state.replace(params=optax.apply_updates(params, updates),
@@ -133,7 +137,7 @@ def aggregate_step(spec: ServerSpec, params, rest: ServerState, stacked,
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=(2,))
 def window_step(spec: ServerSpec, params, rest: ServerState, delta, row: Rows,
-                a):
+                a, reference=None):
   """Robust FedAsync: the arrival (`delta`, metadata `row` with K=1) joins
   the window (oldest row out), the window is aggregated and
   x <- x + a * aggregate. Only the newest row updates trust."""
@@ -151,7 +155,8 @@ def window_step(spec: ServerSpec, params, rest: ServerState, delta, row: Rows,
   newest = (win.ids == win.ids[-1] if spec.merged
             else jnp.arange(spec.window) == spec.window - 1)
   agg, stage_states, trust, info = _aggregate(spec, state, win,
-                                              trust_rows=newest)
+                                              trust_rows=newest,
+                                              reference=reference)
   new_params = jax.tree_util.tree_map(lambda x, d: x + a * d, params,
                                       _unravel(params)(agg))
   new = state.replace(params=new_params, stages=stage_states, trust=trust,
