@@ -25,9 +25,11 @@ def get_config(arg=None):
                      duration_sigma=0.5, heterogeneity=0.7, network_delay=2.0,
                      dropout_prob=0.05)
   # The hybrid pipeline (README, "Aggregation"): clip at 2x the median norm,
-  # trust-weighted trimmed mean, median fallback; trust with soft quarantine.
-  c.aggregator.update(name="hybrid", clip_multiplier=2.0, beta=0.1,
-                      min_trusted=3)
+  # trust-weighted trimmed mean assuming up to 30% attackers (the demo's
+  # choice, from the robustness table), median fallback; trust with soft
+  # quarantine.
+  c.aggregator.update(name="hybrid", clip_multiplier=2.0,
+                      byzantine_fraction=0.3, min_trusted=3)
   c.trust.update(enabled=True, quarantine_scale=0.1)
   c.stop.update(max_versions=2000)
   c.eval.update(every_versions=50, batch_size=1000)
