@@ -35,13 +35,20 @@ def _parse(argv):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  from afl import config as config_lib  # pylint: disable=g-import-not-at-top
-  from afl import run  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from afl import cli_errors
+  from afl import config as config_lib
+  from afl import run
+  from afl import workdir
+  # pylint: enable=g-import-not-at-top
   try:
     run.run(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value, _RESUME.value)
+  except workdir.WorkdirError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(cli_errors.EXIT_WORKDIR)
   except (config_lib.ConfigError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(cli_errors.EXIT_CONFIG)
 
 
 if __name__ == "__main__":

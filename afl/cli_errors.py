@@ -12,6 +12,11 @@ def _load_config(path: str):
   return module.get_config()
 
 
+# Exit codes of launch.py and the experiments command (README, "Errors").
+EXIT_CONFIG = 2  # a bad config, flag, experiment spec or data input
+EXIT_WORKDIR = 3  # a workdir that cannot be used, or a failed write into it
+
+
 class FlagError(ValueError):
   pass
 

@@ -21,9 +21,11 @@ import os
 import sys
 from typing import Any, Callable
 
+from afl import cli_errors
 from afl import comparison
 from afl import config as config_lib
 from afl import metrics as metrics_lib
+from afl import workdir as workdir_lib
 from afl.experiment_spec import Experiment, load_experiments
 from afl.run_records import read_json
 
@@ -34,14 +36,14 @@ def _json_config(cfg: config_lib.ExperimentConfig) -> Any:
 
 
 def _state(exp_dir: str, want) -> str:
-  """"empty", "complete", "incomplete" (same config), "different" or
-  "foreign" (files but no readable config.json)."""
+  """"empty", "complete", "incomplete" (same config), "different",
+  "partial" (only afl's files, no readable config.json: a run that died
+  before writing it) or "foreign" (someone else's files, no config.json)."""
   old = read_json(os.path.join(exp_dir, "config.json"))
   if old is None:
-    if os.path.isdir(exp_dir) and os.listdir(exp_dir):
-      # A run that died before writing its config, or someone else's files.
-      return "foreign"
-    return "empty"
+    if not (os.path.isdir(exp_dir) and os.listdir(exp_dir)):
+      return "empty"
+    return "foreign" if workdir_lib.foreign_entries(exp_dir) else "partial"
   if old != want:
     return "different"
   if os.path.exists(os.path.join(exp_dir, "summary.json")):
@@ -62,9 +64,10 @@ def run_experiments(spec_path_or_module, workdir: str,
     spec_path_or_module: see `load_experiments`.
     workdir: experiment `name` runs in `workdir/name`.
     only: names to run (default: all, in spec order).
-    overwrite: replace directories holding a run of a different config (or
-      of nothing recognisable); complete runs of the same config are
-      always reused.
+    overwrite: replace directories holding a run of a different config
+      (removing only afl's files, `afl.workdir`); complete runs of the same
+      config are always reused, and a directory holding only afl's files
+      without a config.json (a run killed before writing it) is redone.
     log: called with one line per step.
     experiment_set: passed to the spec's `get_experiments`.
 
@@ -99,12 +102,16 @@ def run_experiments(spec_path_or_module, workdir: str,
       raise config_lib.ConfigError(f"experiment {exp.name}: {e}") from None
     exp_dir = os.path.join(workdir, exp.name)
     state = _state(exp_dir, _json_config(cfg))
-    if state in ("different", "foreign") and not overwrite:
-      what = ("a run of a different config than" if state == "different"
-              else "files but no config.json of")
+    if state == "foreign":
+      raise workdir_lib.WorkdirError(
+          f"{exp_dir} (experiment {exp.name}) holds "
+          f"{workdir_lib.foreign_entries(exp_dir)[0]}, which afl did not "
+          "write, and no config.json; move it or choose another --workdir")
+    if state == "different" and not overwrite:
       raise config_lib.ConfigError(
-          f"{exp_dir} holds {what} experiment {exp.name}; pass --overwrite "
-          f"to replace it or choose another --workdir")
+          f"{exp_dir} holds a run of a different config than experiment "
+          f"{exp.name}; pass --overwrite to replace it or choose another "
+          "--workdir")
     plan.append((exp, config, cfg, exp_dir, state))
 
   os.makedirs(workdir, exist_ok=True)
@@ -118,10 +125,12 @@ def run_experiments(spec_path_or_module, workdir: str,
         status = "skipped"
       else:
         status = "resumed" if state == "incomplete" else "ran"
-        log(f"{head}: {'resuming' if status == 'resumed' else 'running'} in "
-            f"{exp_dir}")
+        verb = dict(incomplete="resuming", partial="redoing (it stopped "
+                    "before writing config.json)").get(state, "running")
+        log(f"{head}: {verb} in {exp_dir}")
+        # --overwrite and partial runs remove only afl's own files.
         run_lib.run(config, exp_dir,
-                    overwrite=state in ("different", "foreign"),
+                    overwrite=state in ("different", "partial"),
                     resume=state == "incomplete")
       summary = read_json(os.path.join(exp_dir, "summary.json")) or {}
       report.write_report(exp_dir)
@@ -206,9 +215,12 @@ def main(argv: list[str] | None = None) -> int:
                     overwrite=args.overwrite,
                     log=lambda m: print(f"[experiments] {m}", flush=True),
                     experiment_set=args.experiment_set)
+  except workdir_lib.WorkdirError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return cli_errors.EXIT_WORKDIR
   except (config_lib.ConfigError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
-    return 2
+    return cli_errors.EXIT_CONFIG
   return 0
 
 

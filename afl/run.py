@@ -1,15 +1,14 @@
 """Entry point behind launch.py: validate, prepare the workdir, run."""
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import sys
 
 import ml_collections
 
 from afl import config as config_lib
 from afl import metrics
+from afl import workdir as workdir_lib
 
 
 def _make_logger(workdir: str | None):
@@ -23,27 +22,6 @@ def _make_logger(workdir: str | None):
   return log
 
 
-def prepare_workdir(workdir: str, cfg: config_lib.ExperimentConfig,
-                    overwrite: bool = False, resume: bool = False):
-  """Refuses a workdir that holds a run unless `overwrite` (start afresh) or
-  `resume` (continue it; the config must be the same)."""
-  path = os.path.join(workdir, "config.json")
-  if os.path.exists(path) and not overwrite:
-    with open(path) as f:
-      old = json.load(f)
-    if old != metrics.config_record(cfg):
-      raise config_lib.ConfigError(
-          f"workdir {workdir} holds a run of a different config; pass "
-          f"--overwrite to replace it or choose another --workdir")
-    if not resume:
-      raise config_lib.ConfigError(
-          f"workdir {workdir} already holds this run; pass --resume to "
-          f"continue it or --overwrite to start again")
-  if overwrite and os.path.isdir(workdir):
-    shutil.rmtree(workdir)
-  os.makedirs(workdir, exist_ok=True)
-
-
 def run(config: ml_collections.ConfigDict, workdir: str | None,
         overwrite: bool = False, resume: bool = False) -> dict:
   """Validates `config`, runs the simulation, returns the summary."""
@@ -53,10 +31,17 @@ def run(config: ml_collections.ConfigDict, workdir: str | None,
   if jax.process_index() > 0:
     workdir = None  # every process runs the same loop; process 0 writes
   if workdir:
-    prepare_workdir(workdir, cfg, overwrite, resume)
+    workdir_lib.prepare(workdir, cfg, overwrite, resume)
   log = _make_logger(workdir)
   from afl.simulation import Simulation  # pylint: disable=g-import-not-at-top
-  summary = Simulation(cfg, workdir, log=log).run(resume=resume)
+  sim = Simulation(cfg, workdir, log=log)
+  try:
+    summary = sim.run(resume=resume)
+  except OSError as e:
+    failure = workdir_lib.write_failure(workdir, e) if workdir else None
+    if failure is None:
+      raise
+    raise failure from None
   log("summary: " + metrics.dumps(summary))
   if workdir:
     from afl import report  # pylint: disable=g-import-not-at-top

@@ -1,0 +1,217 @@
+"""Bad inputs fail safe: one line, a documented exit code, nothing of the
+user's touched. Table-driven; each case builds its folder, runs afl the way
+launch.py does (`afl.run.run`, errors mapped by `afl.cli_errors`) and checks
+the outcome and every file the user had, byte for byte. A few cases run
+launch.py itself to check the front door (no traceback, exit code)."""
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+
+from afl import cli_errors
+from afl import metrics
+from afl import run as run_lib
+from afl import workdir as workdir_lib
+from afl.config import ConfigError
+from configs import tiny
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config():
+  c = tiny.get_config()
+  c.stop.max_versions = 2
+  c.eval.every_versions = 2
+  c.checkpoint.every_versions = 1
+  return c
+
+
+def _snapshot(root):
+  out = {}
+  for d, _, files in os.walk(root):
+    for f in files:
+      p = os.path.join(d, f)
+      with open(p, "rb") as fh:
+        out[os.path.relpath(p, root)] = fh.read()
+  return out
+
+
+def _user_file(tmp, rel, data=b"my notes\n"):
+  p = tmp / rel
+  p.parent.mkdir(parents=True, exist_ok=True)
+  p.write_bytes(data)
+
+
+def _afl_run(tmp):
+  """A complete tiny run in tmp/w (afl's files only)."""
+  run_lib.run(_config(), str(tmp / "w"))
+
+
+def _setup_file(tmp):
+  _user_file(tmp, "w")
+
+
+def _setup_under_file(tmp):
+  _user_file(tmp, "f")
+  return str(tmp / "f" / "w")
+
+
+def _setup_user_files(tmp):
+  _user_file(tmp, "w/thesis.tex")
+  _user_file(tmp, "w/data/raw.csv", b"1,2,3\n")
+
+
+def _setup_run_and_user_file(tmp):
+  _afl_run(tmp)
+  _user_file(tmp, "w/notes.txt")
+
+
+def _setup_checkpoints_is_a_file(tmp):
+  _user_file(tmp, "w/checkpoints", b"not a folder\n")
+
+
+def _setup_bad_config_json(tmp):
+  _afl_run(tmp)
+  (tmp / "w" / "config.json").write_text("{truncated")
+
+
+# (id, setup -> optional workdir, overwrite, resume, error class or None,
+#  message regex, the user's files that must survive (relative to tmp))
+CASES = [
+    ("workdir_is_a_file", _setup_file, False, False, workdir_lib.WorkdirError,
+     r"workdir .*w is a file, not a folder", ["w"]),
+    ("workdir_is_a_file_overwrite", _setup_file, True, False,
+     workdir_lib.WorkdirError, r"is a file, not a folder", ["w"]),
+    ("workdir_under_a_file", _setup_under_file, False, False,
+     workdir_lib.WorkdirError, r"workdir .*f/w cannot be used: ", ["f"]),
+    ("overwrite_user_folder", _setup_user_files, True, False,
+     workdir_lib.WorkdirError,
+     r"holds .*w/data and 1 more, which afl did not write; --overwrite "
+     r"removes only", ["w/thesis.tex", "w/data/raw.csv"]),
+    ("overwrite_run_with_user_file", _setup_run_and_user_file, True, False,
+     workdir_lib.WorkdirError, r"holds .*w/notes.txt, which afl did not",
+     ["w/notes.txt", "w/config.json", "w/metrics.jsonl"]),
+    ("overwrite_checkpoints_is_a_file", _setup_checkpoints_is_a_file, True,
+     False, workdir_lib.WorkdirError, r"holds .*w/checkpoints, which afl",
+     ["w/checkpoints"]),
+    ("unreadable_config_json", _setup_bad_config_json, False, True,
+     workdir_lib.WorkdirError, r"config.json cannot be read .*--overwrite",
+     ["w/config.json"]),
+    ("user_files_without_overwrite_kept", _setup_user_files, False, False,
+     None, None, ["w/thesis.tex", "w/data/raw.csv"]),
+    ("rerun_without_flags", _afl_run, False, False, ConfigError,
+     r"already holds this run; pass --resume", ["w/config.json"]),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_workdir_case(tmp_path, case):
+  _, setup, overwrite, resume, error, match, keep = case
+  wd = setup(tmp_path) or str(tmp_path / "w")
+  before = _snapshot(tmp_path)
+  if error is None:
+    run_lib.run(_config(), wd, overwrite=overwrite, resume=resume)
+  else:
+    with pytest.raises(error, match=match) as e:
+      run_lib.run(_config(), wd, overwrite=overwrite, resume=resume)
+    assert "\n" not in str(e.value)
+    assert _snapshot(tmp_path) == before  # refused: nothing changed
+  after = _snapshot(tmp_path)
+  for rel in keep:
+    for name, data in before.items():
+      if name == rel or name.startswith(rel + os.sep):
+        assert after.get(name) == data, name
+
+
+def test_overwrite_removes_only_afls_files(tmp_path):
+  _afl_run(tmp_path)
+  wd = str(tmp_path / "w")
+  assert not workdir_lib.foreign_entries(wd)
+  run_lib.run(_config(), wd, overwrite=True)
+  assert os.path.exists(os.path.join(wd, "summary.json"))
+
+
+def test_every_file_a_run_writes_is_known(tmp_path):
+  """RUN_FILES / RUN_DIRS cover a run with every output on (trust, plots,
+  TensorBoard, an attack): otherwise --overwrite would refuse afl's own."""
+  c = _config()
+  c.trust.enabled = True
+  c.attack.update(kind="sign_flip", fraction=0.25)
+  c.logging.update(plots=True, tensorboard=True)
+  run_lib.run(c, str(tmp_path / "w"))
+  assert workdir_lib.foreign_entries(str(tmp_path / "w")) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_unwritable_workdir(tmp_path):
+  wd = tmp_path / "w"
+  wd.mkdir()
+  wd.chmod(0o555)
+  with pytest.raises(workdir_lib.WorkdirError, match="cannot be used"):
+    run_lib.run(_config(), str(wd))
+
+
+def test_full_disk_mid_run_is_one_line_naming_the_checkpoint(tmp_path,
+                                                            monkeypatch):
+  """A write failing with ENOSPC after a checkpoint: one line with the
+  last checkpoint's folder, which is intact and resumes."""
+  wd = str(tmp_path / "w")
+  calls = []
+  real = metrics.MetricsWriter.write
+
+  def write(self, rec):
+    calls.append(rec["version"])
+    if rec["version"] >= 2:
+      raise OSError(errno.ENOSPC, "No space left on device",
+                    os.path.join(wd, "metrics.jsonl"))
+    return real(self, rec)
+
+  monkeypatch.setattr(metrics.MetricsWriter, "write", write)
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match=r"writing into workdir .* failed: No space left "
+                     r"on device .*the last checkpoint is .*checkpoints/\d+"):
+    run_lib.run(_config(), wd)
+  monkeypatch.setattr(metrics.MetricsWriter, "write", real)
+  s = run_lib.run(_config(), wd, resume=True)
+  assert s["num_server_versions"] == 2
+
+
+def test_sweep_redoes_a_run_killed_before_config_json(tmp_path):
+  from afl import experiments  # pylint: disable=g-import-not-at-top
+  wd = tmp_path / "sweep"
+  _user_file(tmp_path, "sweep/tiny_fedbuff/log.txt", b"[afl] data: ...\n")
+  spec = os.path.join(ROOT, "configs", "experiments.py")
+  logs = []
+  res = experiments.run_experiments(spec, str(wd), only=["tiny_fedbuff"],
+                                    experiment_set="tiny", log=logs.append)
+  assert res[0]["status"] == "ran"
+  assert any("redoing" in m for m in logs), logs
+  # A folder with someone else's file is refused, even with --overwrite.
+  _user_file(tmp_path, "sweep/tiny_sync/mine.txt")
+  before = _snapshot(tmp_path)
+  for overwrite in (False, True):
+    with pytest.raises(workdir_lib.WorkdirError, match="mine.txt"):
+      experiments.run_experiments(spec, str(wd), only=["tiny_sync"],
+                                  experiment_set="tiny", overwrite=overwrite,
+                                  log=lambda m: None)
+  assert _snapshot(tmp_path) == before
+
+
+def _launch(*args):
+  return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"),
+                         *args], capture_output=True, text=True, cwd=ROOT,
+                        timeout=300)
+
+
+def test_front_door_workdir_error(tmp_path):
+  """launch.py: exit EXIT_WORKDIR, one line, no traceback, files intact."""
+  _user_file(tmp_path, "w/thesis.tex")
+  r = _launch("--config", "configs/tiny.py", "--workdir",
+              str(tmp_path / "w"), "--overwrite")
+  assert r.returncode == cli_errors.EXIT_WORKDIR
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: workdir ")
+  assert "Traceback" not in r.stderr
+  assert (tmp_path / "w" / "thesis.tex").read_bytes() == b"my notes\n"
