@@ -38,6 +38,7 @@ def main(argv):
   # pylint: disable=g-import-not-at-top
   from afl import cli_errors
   from afl import config as config_lib
+  from afl import divergence
   from afl import run
   from afl import workdir
   # pylint: enable=g-import-not-at-top
@@ -46,6 +47,9 @@ def main(argv):
   except workdir.WorkdirError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(cli_errors.EXIT_WORKDIR)
+  except divergence.Diverged as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(cli_errors.EXIT_DIVERGED)
   except (config_lib.ConfigError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(cli_errors.EXIT_CONFIG)

@@ -15,6 +15,7 @@ def _load_config(path: str):
 # Exit codes of launch.py and the experiments command (README, "Errors").
 EXIT_CONFIG = 2  # a bad config, flag, experiment spec or data input
 EXIT_WORKDIR = 3  # a workdir that cannot be used, or a failed write into it
+EXIT_DIVERGED = 4  # the global model diverged (afl.divergence)
 
 
 class FlagError(ValueError):

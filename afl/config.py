@@ -280,8 +280,12 @@ class StopConfig:
   max_versions: int = 100
   max_virtual_time: float = math.inf
   max_wall_seconds: float = math.inf
+  # The divergence guard (afl/divergence.py): a test loss above this stops
+  # the run as diverged, as do non-finite parameters.
+  max_test_loss: float = 1e4
 
   def validate(self, p):
+    _range(f"{p}.max_test_loss", self.max_test_loss, 0, lo_open=True)
     _range(f"{p}.max_versions", self.max_versions, 1)
     _range(f"{p}.max_virtual_time", self.max_virtual_time, 0, lo_open=True)
     _range(f"{p}.max_wall_seconds", self.max_wall_seconds, 0, lo_open=True)

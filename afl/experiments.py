@@ -24,6 +24,7 @@ from typing import Any, Callable
 from afl import cli_errors
 from afl import comparison
 from afl import config as config_lib
+from afl import divergence
 from afl import metrics as metrics_lib
 from afl import workdir as workdir_lib
 from afl.experiment_spec import Experiment, load_experiments
@@ -129,9 +130,13 @@ def run_experiments(spec_path_or_module, workdir: str,
                     "before writing config.json)").get(state, "running")
         log(f"{head}: {verb} in {exp_dir}")
         # --overwrite and partial runs remove only afl's own files.
-        run_lib.run(config, exp_dir,
-                    overwrite=state in ("different", "partial"),
-                    resume=state == "incomplete")
+        try:
+          run_lib.run(config, exp_dir,
+                      overwrite=state in ("different", "partial"),
+                      resume=state == "incomplete")
+        except divergence.Diverged as e:
+          log(f"{head}: {e}")  # a result like any other: the sweep goes on
+          status = "diverged"
       summary = read_json(os.path.join(exp_dir, "summary.json")) or {}
       report.write_report(exp_dir)
       results.append(dict(comparison.comparison_row(exp.name, cfg, summary),

@@ -7,6 +7,7 @@ import sys
 import ml_collections
 
 from afl import config as config_lib
+from afl import divergence
 from afl import metrics
 from afl import workdir as workdir_lib
 
@@ -24,7 +25,9 @@ def _make_logger(workdir: str | None):
 
 def run(config: ml_collections.ConfigDict, workdir: str | None,
         overwrite: bool = False, resume: bool = False) -> dict:
-  """Validates `config`, runs the simulation, returns the summary."""
+  """Validates `config`, runs the simulation, returns the summary; raises
+  `divergence.Diverged` (after writing the summary and report) when the
+  model diverged."""
   cfg = config_lib.build_config(config)
   cfg.distributed.initialize()
   import jax  # pylint: disable=g-import-not-at-top
@@ -46,4 +49,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | None,
   if workdir:
     from afl import report  # pylint: disable=g-import-not-at-top
     report.write_report(workdir)
+  if summary["stop_reason"] == "diverged":
+    ckpt = workdir_lib.last_checkpoint(workdir) if workdir else None
+    raise divergence.Diverged(
+        f"the model diverged at version {summary['diverged_at_version']}: "
+        f"{summary['divergence']}; "
+        + (f"the last finite checkpoint is {ckpt}" if ckpt
+           else "no checkpoint was kept")
+        + " (likely causes in the log)")
   return summary

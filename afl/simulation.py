@@ -19,6 +19,7 @@ import numpy as np
 
 from afl import build as build_lib
 from afl import client as client_lib
+from afl import divergence
 from afl import state as state_lib
 from afl.config import ExperimentConfig
 from afl.history import History
@@ -83,6 +84,7 @@ class Simulation:
     self.loop = LoopState(template=self.c.params,
                           versions={0: self.c.params})
     self.history = History(self.c.malicious)
+    self.divergence = None  # (version, why) once the model diverged
 
   def components(self) -> dict:
     """Everything a checkpoint saves, by name (the `afl.state` protocol)."""
@@ -178,7 +180,15 @@ class Simulation:
       self.log(f"trust: client {cid} released at version {self.loop.version}")
     self.server.last_info = None
 
+  def _diverged(self, why: str):
+    """Records divergence at the current version (module afl.divergence)."""
+    self.divergence = (self.loop.version, why)
+    self.log(f"diverged at version {self.loop.version}: {why}; likely "
+             "causes: " + "; ".join(divergence.likely_causes(self.cfg)))
+
   def _stop_reason(self):
+    if self.divergence is not None:
+      return "diverged"
     stop = self.cfg.stop
     if self.loop.version >= stop.max_versions:
       return "max_versions"
@@ -198,6 +208,10 @@ class Simulation:
       extra["secagg_clipped"] = self.server.secagg_clipped()
     self.history.counters["non_finite"] = self.server.non_finite()
     loop = self.loop
+    why = divergence.loss_problem(loss, self.cfg.stop.max_test_loss)
+    if why is not None:
+      extra["diverged"] = True
+      self._diverged(why)
     return self.history.record(
         dict(version=loop.version, virtual_time=loop.now,
              wall_time=time.perf_counter() - self.t0, test_accuracy=acc,
@@ -244,15 +258,20 @@ class Simulation:
       loop.now = task.arrival_time
       if self._handle(task):
         writer.progress(loop.version, loop.now)
+        if not bool(divergence.all_finite(self.server.params)):
+          self._diverged("the global parameters are not finite")
+          continue  # no evaluation or checkpoint of a broken model
         if loop.version - loop.last_eval >= cfg.eval.every_versions:
           writer.write(self._eval_record())
           loop.last_eval = loop.version
-        if mngr is not None and every and loop.version % every == 0:
+        if (mngr is not None and every and loop.version % every == 0
+            and self.divergence is None):
           save()
-    if self.history.records[-1]["version"] != loop.version:
+    if (self.divergence is None
+        and self.history.records[-1]["version"] != loop.version):
       writer.write(self._eval_record())
       loop.last_eval = loop.version
-    if mngr is not None:
+    if mngr is not None and self.divergence is None:
       save()
     summary = self.summary(reason)
     writer.close(summary, self.history.staleness_hist, self.history.records)
@@ -278,7 +297,15 @@ class Simulation:
                              time.perf_counter() - self.t0),
         backend=self.c.backend_kind, num_params=int(self.c.num_params),
         **self.c.comm.metrics(), **self.c.privacy.metrics(),
-        **self._trust_reference(), stop_reason=reason)
+        **self._trust_reference(), stop_reason=reason,
+        **self._divergence_summary())
+
+  def _divergence_summary(self) -> dict:
+    if self.divergence is None:
+      return {}
+    version, why = self.divergence
+    return dict(final_test_accuracy=None, final_test_loss=None,
+                diverged_at_version=version, divergence=why)
 
   def _trust_reference(self) -> dict:
     t = self.cfg.trust

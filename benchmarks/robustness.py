@@ -31,7 +31,7 @@ from configs import robustness as spec  # noqa: E402
 COLUMNS = ("name", "pipeline", "attack", "fraction", "seed",
            "final_test_accuracy", "attack_success_rate", "num_malicious",
            "quarantined_malicious", "quarantined_honest",
-           "first_quarantine_version")
+           "first_quarantine_version", "diverged_at_version")
 
 
 def _cells(args):
@@ -62,7 +62,8 @@ def _row(workdir, pipe, attack, fraction, seed):
               num_malicious=s.get("num_malicious"),
               quarantined_malicious=s.get("quarantined_malicious"),
               quarantined_honest=s.get("quarantined_honest"),
-              first_quarantine_version=first)
+              first_quarantine_version=first,
+              diverged_at_version=s.get("diverged_at_version"))
 
 
 def _mean(rows, key):
@@ -72,6 +73,16 @@ def _mean(rows, key):
 
 def _fmt(x, digits=3):
   return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _accuracy(rows):
+  """A cell's mean final accuracy over seeds, or "div@v" when a seed's
+  model diverged (the earliest version), or "–" without runs."""
+  div = [r["diverged_at_version"] for r in rows
+         if r.get("diverged_at_version") is not None]
+  if div:
+    return f"div@{min(div)}"
+  return _fmt(_mean(rows, "final_test_accuracy"))
 
 
 def tables(rows, pipelines, attacks, fractions):
@@ -88,10 +99,9 @@ def tables(rows, pipelines, attacks, fractions):
             "| pipeline | none | " + " | ".join(cols) + " |",
             "|---" * (len(cols) + 2) + "|"]
     for p in pipelines:
-      cells = [_mean(by.get((p, "none", 0.0), []), "final_test_accuracy")]
-      cells += [_mean(by.get((p, a, fraction), []), "final_test_accuracy")
-                for a in cols]
-      out.append(f"| {p} | " + " | ".join(_fmt(c) for c in cells) + " |")
+      cells = [_accuracy(by.get((p, "none", 0.0), []))]
+      cells += [_accuracy(by.get((p, a, fraction), [])) for a in cols]
+      out.append(f"| {p} | " + " | ".join(cells) + " |")
     out.append("")
     if "backdoor" in cols:
       out += ["| pipeline | backdoor success |", "|---|---|"]
@@ -127,12 +137,17 @@ def heatmap(path, rows, pipelines, attacks, fractions):
     for i, p in enumerate(pipelines):
       for j, a in enumerate(cols):
         f = 0.0 if a == "none" else fraction
-        v = _mean([r for r in rows if (r["pipeline"], r["attack"],
-                                       r["fraction"]) == (p, a, f)],
-                  "final_test_accuracy")
-        if v is not None:
-          grid[i, j] = v
-          ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
+        cell = [r for r in rows
+                if (r["pipeline"], r["attack"], r["fraction"]) == (p, a, f)]
+        label = _accuracy(cell)
+        if label.startswith("div"):
+          grid[i, j] = 0.0  # a diverged model is as bad as it gets
+          ax.text(j, i, "div", ha="center", va="center", fontsize=7,
+                  color="white")
+        elif cell:
+          grid[i, j] = _mean(cell, "final_test_accuracy")
+          ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center",
+                  fontsize=7)
     ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
     ax.set_xticks(range(len(cols)), cols, rotation=60, fontsize=7)
     ax.set_yticks(range(len(pipelines)), pipelines, fontsize=7)

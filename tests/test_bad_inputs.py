@@ -4,17 +4,23 @@ launch.py does (`afl.run.run`, errors mapped by `afl.cli_errors`) and checks
 the outcome and every file the user had, byte for byte. A few cases run
 launch.py itself to check the front door (no traceback, exit code)."""
 import errno
+import json
 import os
+import re
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from afl import cli_errors
+from afl import divergence
 from afl import metrics
 from afl import run as run_lib
 from afl import workdir as workdir_lib
-from afl.config import ConfigError
+from afl.config import ConfigError, build_config
+from afl.simulation import Simulation
 from configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -215,3 +221,104 @@ def test_front_door_workdir_error(tmp_path):
   assert len(lines) == 1 and lines[0].startswith("error: workdir ")
   assert "Traceback" not in r.stderr
   assert (tmp_path / "w" / "thesis.tex").read_bytes() == b"my notes\n"
+
+
+def _diverging(lr):
+  c = _config()
+  c.client.lr = lr
+  c.stop.max_versions = 8
+  c.eval.every_versions = 1
+  return c
+
+
+def test_divergence_stops_with_exit_code_and_one_line(tmp_path):
+  wd = str(tmp_path / "w")
+  r = _launch("--config", "configs/tiny.py", "--workdir", wd,
+              "--config.client.lr=1e6", "--config.stop.max_versions=8",
+              "--config.eval.every_versions=1",
+              "--config.checkpoint.every_versions=1")
+  assert r.returncode == cli_errors.EXIT_DIVERGED, r.stderr
+  line = r.stderr.strip().splitlines()[-1]
+  assert line == ("error: the model diverged at version 1: the test loss "
+                  "4.62e+34 exceeds stop.max_test_loss=10000; no checkpoint "
+                  "was kept (likely causes in the log)"), line
+  assert "Traceback" not in r.stderr
+  with open(os.path.join(wd, "log.txt")) as f:
+    assert "likely causes: the learning rates (client.lr=1e+06" in f.read()
+  with open(os.path.join(wd, "summary.json")) as f:
+    s = json.load(f)
+  assert s["stop_reason"] == "diverged" and s["diverged_at_version"] == 1
+  assert s["final_test_accuracy"] is None
+  with open(os.path.join(wd, "metrics.jsonl")) as f:
+    recs = [json.loads(line) for line in f]
+  assert [r.get("diverged", False) for r in recs] == [False, True]
+
+
+def test_divergence_keeps_the_last_finite_checkpoint_which_resumes(tmp_path):
+  """client.lr=3 on tiny diverges at version 4 (loss 1.3e4): checkpoints
+  up to 3 are kept, the error names 3, and resuming from it diverges at 4
+  again (determinism); every null in metrics.jsonl carries the flag."""
+  wd = str(tmp_path / "w")
+  with pytest.raises(divergence.Diverged,
+                     match=r"diverged at version 4: the test loss 1.33e\+04 "
+                     r"exceeds .* the last finite checkpoint is "
+                     r".*checkpoints/3 "):
+    run_lib.run(_diverging(3.0), wd)
+  with open(os.path.join(wd, "metrics.jsonl")) as f:
+    recs = [json.loads(line) for line in f]
+  for rec in recs:
+    assert (rec["test_loss"] is None) <= rec.get("diverged", False), rec
+  assert recs[-1]["diverged"] and recs[-1]["version"] == 4
+  logs = []
+  sim = Simulation(build_config(_diverging(3.0)), wd, log=logs.append)
+  s = sim.run(resume=True)
+  assert "resumed from checkpoint at version 3" in logs
+  assert s["diverged_at_version"] == 4
+
+
+def test_non_finite_parameters_stop_before_evaluation(tmp_path, monkeypatch):
+  """Parameters turned non-finite by an update: no evaluation or
+  checkpoint of them; the summary says why."""
+  c = _config()
+  c.stop.max_versions = 6
+  sim = Simulation(build_config(c), str(tmp_path / "w"), log=lambda m: None)
+  real = sim.server.aggregate
+
+  def poisoned(*a, **kw):
+    real(*a, **kw)
+    if sim.loop.version >= 2:  # this call makes version 3
+      sim.server.state = sim.server.state.replace(
+          params=jax.tree_util.tree_map(lambda x: x * jnp.nan,
+                                        sim.server.state.params))
+
+  monkeypatch.setattr(sim.server, "aggregate", poisoned)
+  s = sim.run()
+  assert s["stop_reason"] == "diverged" and s["diverged_at_version"] == 3
+  assert s["divergence"] == "the global parameters are not finite"
+  assert all(r["version"] < 3 for r in sim.history.records)
+  # Checkpoints every version: the last is the one before the broken model.
+  assert workdir_lib.last_checkpoint(str(tmp_path / "w")).endswith(
+      os.sep + "2")
+
+
+def test_test_loss_bound_is_a_divergence():
+  c = _config()
+  c.stop.max_test_loss = 1e-3  # any real loss exceeds it
+  sim = Simulation(build_config(c), None, log=lambda m: None)
+  s = sim.run()
+  assert s["diverged_at_version"] == 0
+  assert "exceeds stop.max_test_loss=0.001" in s["divergence"]
+
+
+def test_sweep_records_a_diverged_run_and_goes_on(tmp_path):
+  from afl import experiments  # pylint: disable=g-import-not-at-top
+  spec = tmp_path / "spec.py"
+  spec.write_text(
+      "from configs import tiny\n\n\n"
+      "def get_experiments(arg=None):\n"
+      "  short = {'stop': {'max_versions': 3}, 'eval': {'every_versions': 1}}"
+      "\n  return [('bad', tiny, {**short, 'client': {'lr': 1e6}}),\n"
+      "          ('ok', tiny, short)]\n")
+  res = experiments.run_experiments(str(spec), str(tmp_path / "sw"),
+                                    log=lambda m: None)
+  assert [r["status"] for r in res] == ["diverged", "ran"]

@@ -70,3 +70,18 @@ def test_robustness_table_runs_cells_and_reuses_them(tmp_path, capsys):
   # A second call reuses the complete runs (nothing is rerun).
   assert robustness.main(args + ["--no-run"]) == 0
   assert "2 of 2 cells complete" in capsys.readouterr().out
+
+
+def test_robustness_table_marks_diverged_cells(tmp_path):
+  import robustness  # pylint: disable=g-import-not-at-top
+  row = lambda attack, f, seed, acc, div: dict(
+      pipeline="mean", attack=attack, fraction=f, seed=seed,
+      final_test_accuracy=acc, diverged_at_version=div)
+  rows = [row("none", 0.0, 0, 0.8, None), row("none", 0.0, 1, 0.7, None),
+          row("gaussian", 0.3, 0, None, 12), row("gaussian", 0.3, 1, 0.5,
+                                                 None)]
+  md = robustness.tables(rows, ["mean"], ["none", "gaussian"], [0.3])
+  assert "| mean | 0.750 | div@12 |" in md  # one diverged seed marks it
+  robustness.heatmap(str(tmp_path / "h.png"), rows, ["mean"],
+                     ["none", "gaussian"], [0.3])
+  assert (tmp_path / "h.png").stat().st_size > 0
