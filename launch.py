@@ -39,6 +39,7 @@ def main(argv):
   from afl import cli_errors
   from afl import config as config_lib
   from afl import divergence
+  from afl import interrupt
   from afl import run
   from afl import workdir
   # pylint: enable=g-import-not-at-top
@@ -50,6 +51,13 @@ def main(argv):
   except divergence.Diverged as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(cli_errors.EXIT_DIVERGED)
+  except interrupt.Interrupted as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(cli_errors.EXIT_INTERRUPTED)
+  except KeyboardInterrupt:  # before the loop's safe points
+    print("error: interrupted before the run started; nothing to resume",
+          file=sys.stderr)
+    sys.exit(cli_errors.EXIT_INTERRUPTED)
   except (config_lib.ConfigError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(cli_errors.EXIT_CONFIG)

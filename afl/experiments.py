@@ -25,6 +25,7 @@ from afl import cli_errors
 from afl import comparison
 from afl import config as config_lib
 from afl import divergence
+from afl import interrupt
 from afl import metrics as metrics_lib
 from afl import workdir as workdir_lib
 from afl.experiment_spec import Experiment, load_experiments
@@ -223,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
   except workdir_lib.WorkdirError as e:
     print(f"error: {e}", file=sys.stderr)
     return cli_errors.EXIT_WORKDIR
+  except interrupt.Interrupted as e:
+    print(f"error: {e}; rerun the sweep to go on", file=sys.stderr)
+    return cli_errors.EXIT_INTERRUPTED
   except (config_lib.ConfigError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return cli_errors.EXIT_CONFIG

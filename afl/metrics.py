@@ -87,13 +87,17 @@ class MetricsWriter:
                             acc=f"{self._acc:.4f}", refresh=False)
       self._bar.refresh()
 
-  def close(self, summary: dict, staleness_hist: dict, history: list):
+  def abort(self):
+    """Closes the files without a summary (an interrupted run)."""
     if self._bar is not None:
       self._bar.close()
     if self._file:
       self._file.close()
     if self._tb is not None:
       self._tb.close()
+
+  def close(self, summary: dict, staleness_hist: dict, history: list):
+    self.abort()
     if not self.workdir:
       return
     with open(os.path.join(self.workdir, "summary.json"), "w") as f:

@@ -20,6 +20,7 @@ import numpy as np
 from afl import build as build_lib
 from afl import client as client_lib
 from afl import divergence
+from afl import interrupt
 from afl import state as state_lib
 from afl.config import ExperimentConfig
 from afl.history import History
@@ -219,12 +220,41 @@ class Simulation:
         self.history.trust_metrics(loop.version, self.server.trust),
         self.c.comm.metrics(), self.c.privacy.metrics(), extra)
 
+  def _loop(self, writer, mngr, save, sigint) -> str:
+    """Events until a stop condition; returns the stop reason. Between
+    events (a safe point) a SIGINT stops it as "interrupted"."""
+    cfg, loop = self.cfg, self.loop
+    every = cfg.checkpoint.every_versions
+    while True:
+      reason = "interrupted" if sigint.set else self._stop_reason()
+      if reason:
+        return reason
+      task = self.scheduler.pop()
+      loop.now = task.arrival_time
+      if self._handle(task):
+        writer.progress(loop.version, loop.now)
+        if not bool(divergence.all_finite(self.server.params)):
+          self._diverged("the global parameters are not finite")
+          continue  # no evaluation or checkpoint of a broken model
+        if loop.version - loop.last_eval >= cfg.eval.every_versions:
+          writer.write(self._eval_record())
+          loop.last_eval = loop.version
+        if (mngr is not None and every and loop.version % every == 0
+            and self.divergence is None):
+          save()
+
   def run(self, resume: bool = False) -> dict:
     """Runs to a stop condition; returns the summary dict.
 
     With a workdir, checkpoints every `checkpoint.every_versions` versions
-    and at the end; `resume=True` continues from the latest checkpoint.
+    and at the end; `resume=True` continues from the latest checkpoint. A
+    SIGINT stops the run at the next event boundary with a checkpoint
+    (`interrupt.Interrupted`).
     """
+    with interrupt.deferred_sigint() as sigint:
+      return self._run(resume, sigint)
+
+  def _run(self, resume: bool, sigint) -> dict:
     cfg, loop = self.cfg, self.loop
     mngr = None
     if self.workdir and cfg.checkpoint.enabled:
@@ -247,26 +277,17 @@ class Simulation:
     if elapsed is None:
       writer.write(self._eval_record())
       self.c.mode.start(self)
-    every = cfg.checkpoint.every_versions
     save = lambda: checkpoint.save(mngr, self.components(), loop.version,
                                    time.perf_counter() - self.t0)
-    while True:
-      reason = self._stop_reason()
-      if reason:
-        break
-      task = self.scheduler.pop()
-      loop.now = task.arrival_time
-      if self._handle(task):
-        writer.progress(loop.version, loop.now)
-        if not bool(divergence.all_finite(self.server.params)):
-          self._diverged("the global parameters are not finite")
-          continue  # no evaluation or checkpoint of a broken model
-        if loop.version - loop.last_eval >= cfg.eval.every_versions:
-          writer.write(self._eval_record())
-          loop.last_eval = loop.version
-        if (mngr is not None and every and loop.version % every == 0
-            and self.divergence is None):
-          save()
+    reason = self._loop(writer, mngr, save, sigint)
+    if reason == "interrupted":
+      if mngr is not None:
+        save()
+      writer.abort()  # no summary: the run is not complete
+      where = (f"continue with --resume (checkpoint in {self.workdir})"
+               if mngr is not None else "no checkpoint (no --workdir)")
+      raise interrupt.Interrupted(
+          f"interrupted at version {loop.version}; {where}")
     if (self.divergence is None
         and self.history.records[-1]["version"] != loop.version):
       writer.write(self._eval_record())

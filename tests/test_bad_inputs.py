@@ -7,8 +7,10 @@ import errno
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -322,3 +324,34 @@ def test_sweep_records_a_diverged_run_and_goes_on(tmp_path):
   res = experiments.run_experiments(str(spec), str(tmp_path / "sw"),
                                     log=lambda m: None)
   assert [r["status"] for r in res] == ["diverged", "ran"]
+
+
+def test_ctrl_c_checkpoints_and_exits_130(tmp_path):
+  """SIGINT during the loop: one line, exit 130, no traceback, no summary
+  (the run is not complete), and --resume finishes it."""
+  wd = str(tmp_path / "w")
+  args = [sys.executable, os.path.join(ROOT, "launch.py"), "--config",
+          "configs/tiny.py", "--workdir", wd, "--config.stop.max_versions=300",
+          "--config.logging.progress=False"]
+  p = subprocess.Popen(args + ["--config.checkpoint.every_versions=20"],
+                       cwd=ROOT, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 120
+  while workdir_lib.last_checkpoint(wd) is None:  # the loop is running
+    assert time.time() < deadline and p.poll() is None
+    time.sleep(0.05)
+  p.send_signal(signal.SIGINT)
+  err = p.stderr.read()
+  assert p.wait(timeout=120) == cli_errors.EXIT_INTERRUPTED, err
+  last = err.strip().splitlines()[-1]
+  assert re.fullmatch(r"error: interrupted at version \d+; continue with "
+                      r"--resume \(checkpoint in .*\)", last), err
+  assert "Traceback" not in err
+  assert not os.path.exists(os.path.join(wd, "summary.json"))
+  v = int(re.search(r"version (\d+)", last).group(1))
+  assert workdir_lib.last_checkpoint(wd).endswith(os.sep + str(v))
+  r = _launch("--config", "configs/tiny.py", "--workdir", wd,
+              "--config.stop.max_versions=300",
+              "--config.logging.progress=False",
+              "--config.checkpoint.every_versions=20", "--resume")
+  assert r.returncode == 0, r.stderr
+  assert f"resumed from checkpoint at version {v}" in r.stderr
