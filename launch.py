@@ -36,6 +36,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   # pylint: disable=g-import-not-at-top
+  from afl import checkpoint
   from afl import cli_errors
   from afl import config as config_lib
   from afl import divergence
@@ -48,6 +49,9 @@ def main(argv):
   except workdir.WorkdirError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(cli_errors.EXIT_WORKDIR)
+  except checkpoint.CheckpointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(cli_errors.EXIT_CHECKPOINT)
   except divergence.Diverged as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(cli_errors.EXIT_DIVERGED)

@@ -16,6 +16,7 @@ def _load_config(path: str):
 EXIT_CONFIG = 2  # a bad config, flag, experiment spec or data input
 EXIT_WORKDIR = 3  # a workdir that cannot be used, or a failed write into it
 EXIT_DIVERGED = 4  # the global model diverged (afl.divergence)
+EXIT_CHECKPOINT = 5  # --resume found no intact checkpoint
 EXIT_INTERRUPTED = 130  # Ctrl-C (afl.interrupt), as shells report SIGINT
 
 

@@ -21,6 +21,7 @@ import os
 import sys
 from typing import Any, Callable
 
+from afl import checkpoint
 from afl import cli_errors
 from afl import comparison
 from afl import config as config_lib
@@ -224,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
   except workdir_lib.WorkdirError as e:
     print(f"error: {e}", file=sys.stderr)
     return cli_errors.EXIT_WORKDIR
+  except checkpoint.CheckpointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return cli_errors.EXIT_CHECKPOINT
   except interrupt.Interrupted as e:
     print(f"error: {e}; rerun the sweep to go on", file=sys.stderr)
     return cli_errors.EXIT_INTERRUPTED

@@ -262,7 +262,8 @@ class Simulation:
       mngr = checkpoint.manager(self.workdir, cfg.checkpoint.max_to_keep)
     elapsed = None
     if resume and mngr is not None:
-      elapsed = checkpoint.restore(mngr, self.components())
+      elapsed, mngr = checkpoint.restore_intact(
+          mngr, self.components(), cfg.checkpoint.max_to_keep, self.log)
       if elapsed is not None:
         self.log(f"resumed from checkpoint at version {loop.version}")
     self.t0 = time.perf_counter() - (elapsed or 0.0)
