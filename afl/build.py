@@ -62,6 +62,15 @@ def _seeds(seed: int):
 
 
 def load_data(cfg: ExperimentConfig, log: Callable = print):
+  """The dataset of `cfg.data`; a malformed file is a ConfigError naming
+  it (one line), a missing source a FileNotFoundError."""
+  try:
+    return _load_data(cfg, log)
+  except ValueError as e:
+    raise ConfigError(f"data: {e}") from None
+
+
+def _load_data(cfg: ExperimentConfig, log: Callable):
   d = cfg.data
   if d.name in text_lib.CORPORA:
     tokenizer = d.tokenizer or (models.resolve_checkpoint(cfg.model.checkpoint)

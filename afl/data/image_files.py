@@ -13,6 +13,7 @@ import gzip
 import importlib.util
 import os
 import pickle
+import zlib
 
 import numpy as np
 
@@ -67,7 +68,7 @@ def read_idx(path: str) -> np.ndarray:
   if raw[:2] == b"\x1f\x8b":
     try:
       raw = gzip.decompress(raw)
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
       raise ValueError(f"{path}: corrupt gzip stream ({e})") from None
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
     raise ValueError(f"{path}: not an IDX file (bad magic number "
@@ -86,8 +87,7 @@ def read_idx(path: str) -> np.ndarray:
   return data.astype(dtype.newbyteorder("="), copy=True)
 
 
-def find_idx_files(folder: str) -> dict[str, str] | None:
-  """The four IDX paths in `folder` (plain or .gz), or None if any is absent."""
+def _idx_paths(folder: str) -> dict[str, str]:
   found = {}
   for key, stem in _IDX_STEMS.items():
     for candidate in (stem, stem + ".gz"):
@@ -95,12 +95,22 @@ def find_idx_files(folder: str) -> dict[str, str] | None:
       if os.path.isfile(path):
         found[key] = path
         break
-    else:
-      return None
   return found
 
 
-def load_idx_folder(name: str, files: dict[str, str]):
+def find_idx_files(folder: str) -> dict[str, str] | None:
+  """The four IDX paths in `folder` (plain or .gz), or None if any is absent."""
+  found = _idx_paths(folder)
+  return found if len(found) == len(_IDX_STEMS) else None
+
+
+def missing_idx_files(folder: str) -> list[str]:
+  """The IDX file stems (without .gz) absent from `folder`."""
+  found = _idx_paths(folder)
+  return [stem for key, stem in _IDX_STEMS.items() if key not in found]
+
+
+def load_idx_folder(name: str, files: dict[str, str], num_classes: int = 10):
   arrays = {key: read_idx(path) for key, path in files.items()}
   for split in ("train", "test"):
     x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
@@ -109,6 +119,10 @@ def load_idx_folder(name: str, files: dict[str, str]):
           f"{name}: {files[f'{split}_x']} has shape {x.shape} and "
           f"{files[f'{split}_y']} has shape {y.shape}; expected [n, H, W] "
           f"images and [n] labels")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+      raise ValueError(
+          f"{files[f'{split}_y']}: labels must be in [0, {num_classes}), "
+          f"found {int(y.min())}..{int(y.max())}")
   return (arrays["train_x"][..., None], arrays["train_y"],
           arrays["test_x"][..., None], arrays["test_y"])
 

