@@ -40,8 +40,11 @@ def _split_args(argv):
 def check_config_path(argv: list[str]):
   """Fails early (before absl prints a traceback) on a missing config file."""
   cfg_path, _ = _split_args(argv)
-  if cfg_path and not os.path.exists(cfg_path.split(":")[0]):
+  path = cfg_path.split(":")[0] if cfg_path else None
+  if path and not os.path.exists(path):
     raise FlagError(f"--config: no such file {cfg_path}")
+  if path and os.path.isdir(path):
+    raise FlagError(f"--config: {path} is a folder, not a config file")
 
 
 def explain_flag_error(argv: list[str], err: Exception) -> str:
@@ -49,11 +52,14 @@ def explain_flag_error(argv: list[str], err: Exception) -> str:
   if isinstance(err, FlagError):
     return str(err)
   cfg_path, overrides = _split_args(argv)
-  if cfg_path and overrides:
+  if cfg_path:
     try:
       cfg = _load_config(cfg_path.split(":")[0])
-    except Exception:  # pylint: disable=broad-except
-      cfg = None
+    except Exception as e:  # pylint: disable=broad-except
+      # The file itself fails: that, not the overrides, is the error.
+      first = (str(e).strip().splitlines() or [""])[0]
+      return (f"--config: {cfg_path} failed to load: {type(e).__name__}"
+              + (f": {first}" if first else ""))
     for key in overrides:
       node = cfg
       for part in key.split("."):

@@ -85,11 +85,25 @@ class ModelConfig(config_tree.Component):
     _choice(f"{p}.dtype", self.dtype, ("float32", "bfloat16"))
 
 
-def _check_optax(path: str, name: str):
+def _check_optax(p: str, name: str, kwargs: dict):
+  """`<p>.optimizer` must name an optax optimizer, i.e. a function taking
+  `learning_rate`, and `<p>.optimizer_kwargs` must be among its arguments."""
+  import inspect  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  fn = getattr(optax, name, None)
-  if not callable(fn) or name.startswith("_"):
-    _fail(path, f"{name!r} is not an optax optimizer (e.g. sgd, adam, adamw)")
+  fn = getattr(optax, name, None) if not name.startswith("_") else None
+  try:
+    params = inspect.signature(fn).parameters if callable(fn) else {}
+  except (TypeError, ValueError):
+    params = {}
+  if "learning_rate" not in params:
+    _fail(f"{p}.optimizer", f"{name!r} is not an optax optimizer taking a "
+          "learning_rate (e.g. sgd, adam, adamw)")
+  takes_any = any(a.kind == a.VAR_KEYWORD for a in params.values())
+  for key in kwargs:
+    if key == "learning_rate" or (key not in params and not takes_any):
+      _fail(f"{p}.optimizer_kwargs", f"optax.{name} takes no argument "
+            f"{key!r}" + (" (the rate is client.lr / server.lr)"
+                          if key == "learning_rate" else ""))
 
 
 @dataclasses.dataclass(**_kw)
@@ -128,7 +142,7 @@ class ClientConfig:
       _fail(f"{p}.local_epochs", f"epochs need {p}.sampling=shuffle, got "
             f"{p}.sampling={self.sampling}")
     _range(f"{p}.lr", self.lr, 0, lo_open=True)
-    _check_optax(f"{p}.optimizer", self.optimizer)
+    _check_optax(p, self.optimizer, self.optimizer_kwargs)
     _choice(f"{p}.backend", self.backend, ("auto", "vmap", "loop", "debug"))
     _range(f"{p}.workers", self.workers, 0)
     _range(f"{p}.vmap_chunk", self.vmap_chunk, 0)
@@ -159,7 +173,7 @@ class ServerConfig(config_tree.Component):
   merge_client_rows: bool = True
 
   def validate(self, p):
-    _check_optax(f"{p}.optimizer", self.optimizer)
+    _check_optax(p, self.optimizer, self.optimizer_kwargs)
     _range(f"{p}.lr", self.lr, 0, lo_open=True)
     _choice(f"{p}.staleness_fn", self.staleness_fn,
             ("constant", "polynomial", "hinge"))
@@ -349,7 +363,8 @@ class ExperimentConfig:
       default_factory=CompressionConfig)
 
   def validate(self, p):
-    _range("seed", self.seed, 0)
+    # PRNGKey keeps 32 bits: larger seeds would alias smaller ones.
+    _range("seed", self.seed, 0, 2**32 - 1)
     _range("num_clients", self.num_clients, 1)
     _range("concurrency", self.concurrency, 1)
     if self.concurrency > self.num_clients:

@@ -355,3 +355,65 @@ def test_ctrl_c_checkpoints_and_exits_130(tmp_path):
               "--config.checkpoint.every_versions=20", "--resume")
   assert r.returncode == 0, r.stderr
   assert f"resumed from checkpoint at version {v}" in r.stderr
+
+
+def _set(c, dotted, value):
+  node = c
+  *parents, last = dotted.split(".")
+  for part in parents:
+    node = node[part]
+  node[last] = value
+
+
+# (override key, value, error regex): values the config must refuse.
+VALUE_CASES = [
+    ("seed", 2**32, r"config.seed: must be <= 4294967295"),
+    ("seed", 10**20, r"config.seed: must be <="),
+    ("client.optimizer", "clip", r"config.client.optimizer: 'clip' is not "
+     r"an optax optimizer taking a learning_rate"),
+    ("client.optimizer", "chain", r"'chain' is not an optax optimizer"),
+    ("server.optimizer", "scale", r"config.server.optimizer: 'scale' is "
+     r"not an optax optimizer"),
+    ("server.optimizer", "_private", r"is not an optax optimizer"),
+    ("client.optimizer", "GradientTransformation", r"is not an optax"),
+    ("client.optimizer_kwargs", {"bogus": 1},
+     r"config.client.optimizer_kwargs: optax.sgd takes no argument 'bogus'"),
+    ("server.optimizer_kwargs", {"learning_rate": 1.0},
+     r"takes no argument 'learning_rate' \(the rate is client.lr"),
+    ("client.lr", float("nan"), r"config.client.lr: must be a finite"),
+    ("stop.max_test_loss", float("inf"), r"config.stop.max_test_loss"),
+    ("stop.max_test_loss", 0.0, r"config.stop.max_test_loss: must be > 0"),
+    ("trust.reference", "mean", r"config.trust.reference"),
+    ("trust.root_examples", 0, r"config.trust.root_examples: must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("key,value,match", VALUE_CASES,
+                         ids=[f"{k}={v}" for k, v, _ in VALUE_CASES])
+def test_value_refused(key, value, match):
+  c = tiny.get_config()
+  _set(c, key, value)
+  with pytest.raises(ConfigError, match=match) as e:
+    build_config(c)
+  assert "\n" not in str(e.value)
+
+
+def test_valid_optimizer_kwargs_pass():
+  c = tiny.get_config()
+  c.client.update(optimizer="adam", optimizer_kwargs={"b1": 0.8})
+  assert build_config(c).client.optimizer_kwargs == {"b1": 0.8}
+
+
+def test_config_path_that_is_a_folder(tmp_path):
+  with pytest.raises(cli_errors.FlagError, match=r"--config: .* is a folder"):
+    cli_errors.check_config_path(["launch.py", f"--config={tmp_path}"])
+
+
+@pytest.mark.parametrize("overrides", [[], ["--config.seed=3"]])
+def test_get_config_that_raises_is_named_not_unknown_key(tmp_path,
+                                                         overrides):
+  bad = tmp_path / "bad.py"
+  bad.write_text("def get_config(arg=None):\n  raise KeyError('oops')\n")
+  argv = ["launch.py", f"--config={bad}", *overrides]
+  msg = cli_errors.explain_flag_error(argv, RuntimeError("whatever"))
+  assert msg == f"--config: {bad} failed to load: KeyError: 'oops'"
