@@ -128,7 +128,8 @@ def test_missing_cifar_is_one_line(tmp_path):
               "--config.data.allow_download=False")
   assert r.returncode == 2
   line = r.stderr.strip().splitlines()[-1]
-  assert line.startswith("error: cifar10") and str(tmp_path) in line, line
+  assert line.startswith("error: config.data.dir: no cifar-10-batches-py "
+                         "folder") and str(tmp_path) in line, line
 
 
 def test_missing_hf_checkpoint_is_one_line(tmp_path):
