@@ -58,6 +58,12 @@ def main(argv):
   except interrupt.Interrupted as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(cli_errors.EXIT_INTERRUPTED)
+  except Exception as e:  # pylint: disable=broad-except
+    oom = cli_errors.out_of_memory(e)
+    if oom is None:
+      raise  # unexpected: keep the traceback
+    print(f"error: {oom}", file=sys.stderr)
+    sys.exit(cli_errors.EXIT_OUT_OF_MEMORY)
   except KeyboardInterrupt:  # before the loop's safe points
     print("error: interrupted before the run started; nothing to resume",
           file=sys.stderr)

@@ -17,11 +17,26 @@ EXIT_CONFIG = 2  # a bad config, flag, experiment spec or data input
 EXIT_WORKDIR = 3  # a workdir that cannot be used, or a failed write into it
 EXIT_DIVERGED = 4  # the global model diverged (afl.divergence)
 EXIT_CHECKPOINT = 5  # --resume found no intact checkpoint
+EXIT_OUT_OF_MEMORY = 6  # the host or an accelerator ran out of memory
 EXIT_INTERRUPTED = 130  # Ctrl-C (afl.interrupt), as shells report SIGINT
 
 
 class FlagError(ValueError):
   pass
+
+
+def out_of_memory(err: BaseException) -> str | None:
+  """A one-line explanation when `err` is an out-of-memory failure (numpy's
+  MemoryError, XLA's RESOURCE_EXHAUSTED or "Out of memory"), else None."""
+  text = str(err)
+  if not (isinstance(err, MemoryError) or "RESOURCE_EXHAUSTED" in text
+          or "Out of memory" in text):
+    return None
+  first = next((ln.strip() for ln in text.splitlines()
+                if "memory" in ln.lower() or "RESOURCE_EXHAUSTED" in ln),
+               type(err).__name__)
+  return (f"out of memory: {first[:300]}; use a smaller model, "
+          "concurrency, client.vmap_chunk or eval.batch_size")
 
 
 def _split_args(argv):

@@ -417,3 +417,27 @@ def test_get_config_that_raises_is_named_not_unknown_key(tmp_path,
   argv = ["launch.py", f"--config={bad}", *overrides]
   msg = cli_errors.explain_flag_error(argv, RuntimeError("whatever"))
   assert msg == f"--config: {bad} failed to load: KeyError: 'oops'"
+
+
+def test_out_of_memory_is_one_line():
+  """An oversized model under a 6 GB address-space limit: exit 6."""
+  import resource  # pylint: disable=g-import-not-at-top
+  limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30,) * 2)
+  r = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch.py"), "--config",
+       "configs/tiny.py", "--config.model.width=30000000",
+       "--config.stop.max_versions=1"], cwd=ROOT, capture_output=True,
+      text=True, timeout=300, preexec_fn=limit)
+  assert r.returncode == cli_errors.EXIT_OUT_OF_MEMORY, r.stderr[-2000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: out of memory: ") and "Traceback" not in \
+      r.stderr
+
+
+@pytest.mark.parametrize("err,want", [
+    (MemoryError(), True),
+    (RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to "
+                  "allocate 1.2GiB"), True),
+    (RuntimeError("INVALID_ARGUMENT: shapes"), False)])
+def test_out_of_memory_recognised(err, want):
+  assert (cli_errors.out_of_memory(err) is not None) == want
