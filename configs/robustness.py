@@ -35,6 +35,8 @@ PIPELINES = {
     "momentum_bucketing_cc": _agg(
         "centered_clip", stages=("client_momentum", "bucketing")),
     "default": {},  # the demo's own pipeline, trust included
+    # The same with FLTrust's root reference (assumes server-held data).
+    "default_root": {"trust": {"reference": "root"}},
 }
 
 
