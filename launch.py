@@ -44,34 +44,28 @@ def main(argv):
   from afl import run
   from afl import workdir
   # pylint: enable=g-import-not-at-top
+  expected = ((workdir.WorkdirError, cli_errors.EXIT_WORKDIR),
+              (checkpoint.CheckpointError, cli_errors.EXIT_CHECKPOINT),
+              (divergence.Diverged, cli_errors.EXIT_DIVERGED),
+              (interrupt.Interrupted, cli_errors.EXIT_INTERRUPTED),
+              ((config_lib.ConfigError, FileNotFoundError),
+               cli_errors.EXIT_CONFIG))
   try:
     run.run(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value, _RESUME.value)
-  except workdir.WorkdirError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(cli_errors.EXIT_WORKDIR)
-  except checkpoint.CheckpointError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(cli_errors.EXIT_CHECKPOINT)
-  except divergence.Diverged as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(cli_errors.EXIT_DIVERGED)
-  except interrupt.Interrupted as e:
-    print(f"error: {e}", file=sys.stderr)
+  except KeyboardInterrupt:  # before the loop's safe points
+    print("error: interrupted before the run started; nothing to resume",
+          file=sys.stderr)
     sys.exit(cli_errors.EXIT_INTERRUPTED)
   except Exception as e:  # pylint: disable=broad-except
+    for kinds, code in expected:  # in order: WorkdirError is an OSError
+      if isinstance(e, kinds):
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(code)
     oom = cli_errors.out_of_memory(e)
     if oom is None:
       raise  # unexpected: keep the traceback
     print(f"error: {oom}", file=sys.stderr)
     sys.exit(cli_errors.EXIT_OUT_OF_MEMORY)
-  except KeyboardInterrupt:  # before the loop's safe points
-    print("error: interrupted before the run started; nothing to resume",
-          file=sys.stderr)
-    sys.exit(cli_errors.EXIT_INTERRUPTED)
-  except (config_lib.ConfigError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(cli_errors.EXIT_CONFIG)
-
 
 if __name__ == "__main__":
   if any(a == "--experiments" or a.startswith("--experiments=")
