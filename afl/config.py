@@ -24,6 +24,7 @@ from afl import config_checks
 from afl import config_tree
 from afl.distributed import DistributedConfig
 from afl import models
+from afl import optim
 from afl import sampling
 from afl.data import partition as partition_lib
 from afl.server import modes
@@ -85,27 +86,6 @@ class ModelConfig(config_tree.Component):
     _choice(f"{p}.dtype", self.dtype, ("float32", "bfloat16"))
 
 
-def _check_optax(p: str, name: str, kwargs: dict):
-  """`<p>.optimizer` must name an optax optimizer, i.e. a function taking
-  `learning_rate`, and `<p>.optimizer_kwargs` must be among its arguments."""
-  import inspect  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  fn = getattr(optax, name, None) if not name.startswith("_") else None
-  try:
-    params = inspect.signature(fn).parameters if callable(fn) else {}
-  except (TypeError, ValueError):
-    params = {}
-  if "learning_rate" not in params:
-    _fail(f"{p}.optimizer", f"{name!r} is not an optax optimizer taking a "
-          "learning_rate (e.g. sgd, adam, adamw)")
-  takes_any = any(a.kind == a.VAR_KEYWORD for a in params.values())
-  for key in kwargs:
-    if key == "learning_rate" or (key not in params and not takes_any):
-      _fail(f"{p}.optimizer_kwargs", f"optax.{name} takes no argument "
-            f"{key!r}" + (" (the rate is client.lr / server.lr)"
-                          if key == "learning_rate" else ""))
-
-
 @dataclasses.dataclass(**_kw)
 class ClientConfig:
   local_steps: int = 5
@@ -142,7 +122,7 @@ class ClientConfig:
       _fail(f"{p}.local_epochs", f"epochs need {p}.sampling=shuffle, got "
             f"{p}.sampling={self.sampling}")
     _range(f"{p}.lr", self.lr, 0, lo_open=True)
-    _check_optax(p, self.optimizer, self.optimizer_kwargs)
+    optim.check_optimizer(p, self.optimizer, self.optimizer_kwargs)
     _choice(f"{p}.backend", self.backend, ("auto", "vmap", "loop", "debug"))
     _range(f"{p}.workers", self.workers, 0)
     _range(f"{p}.vmap_chunk", self.vmap_chunk, 0)
@@ -173,7 +153,7 @@ class ServerConfig(config_tree.Component):
   merge_client_rows: bool = True
 
   def validate(self, p):
-    _check_optax(p, self.optimizer, self.optimizer_kwargs)
+    optim.check_optimizer(p, self.optimizer, self.optimizer_kwargs)
     _range(f"{p}.lr", self.lr, 0, lo_open=True)
     _choice(f"{p}.staleness_fn", self.staleness_fn,
             ("constant", "polynomial", "hinge"))
