@@ -116,4 +116,11 @@ def test_fedasync_robust_window(aggregator):
   _, plain = _run(server=dict(mode="fedasync"), attack=attack,
                   aggregator=dict(name="mean", window=8),
                   stop=dict(max_versions=60))
-  assert robust["final_test_accuracy"] > plain["final_test_accuracy"] + 0.2
+  # The mean under 30% scaled sign-flips drives the model to inf and the
+  # divergence guard stops it; a robust window keeps learning (0.45 at v60
+  # against 0.20 at v5 on seed 0: early windows hold few rows, so attackers
+  # weigh more until it fills).
+  assert plain["stop_reason"] == "diverged"
+  assert plain["final_test_accuracy"] is None
+  assert robust["stop_reason"] == "max_versions"
+  assert robust["final_test_accuracy"] > 0.4
