@@ -36,20 +36,9 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   # pylint: disable=g-import-not-at-top
-  from afl import checkpoint
   from afl import cli_errors
-  from afl import config as config_lib
-  from afl import divergence
-  from afl import interrupt
   from afl import run
-  from afl import workdir
   # pylint: enable=g-import-not-at-top
-  expected = ((workdir.WorkdirError, cli_errors.EXIT_WORKDIR),
-              (checkpoint.CheckpointError, cli_errors.EXIT_CHECKPOINT),
-              (divergence.Diverged, cli_errors.EXIT_DIVERGED),
-              (interrupt.Interrupted, cli_errors.EXIT_INTERRUPTED),
-              ((config_lib.ConfigError, FileNotFoundError),
-               cli_errors.EXIT_CONFIG))
   try:
     run.run(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value, _RESUME.value)
   except KeyboardInterrupt:  # before the loop's safe points
@@ -57,15 +46,12 @@ def main(argv):
           file=sys.stderr)
     sys.exit(cli_errors.EXIT_INTERRUPTED)
   except Exception as e:  # pylint: disable=broad-except
-    for kinds, code in expected:  # in order: WorkdirError is an OSError
-      if isinstance(e, kinds):
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(code)
-    oom = cli_errors.out_of_memory(e)
-    if oom is None:
+    failure = cli_errors.expected_failure(e)
+    if failure is None:
       raise  # unexpected: keep the traceback
-    print(f"error: {oom}", file=sys.stderr)
-    sys.exit(cli_errors.EXIT_OUT_OF_MEMORY)
+    print(failure[1], file=sys.stderr)
+    sys.exit(failure[0])
+
 
 if __name__ == "__main__":
   if any(a == "--experiments" or a.startswith("--experiments=")

@@ -4,6 +4,12 @@ from __future__ import annotations
 import importlib.util
 import os
 
+from afl import checkpoint
+from afl import divergence
+from afl import interrupt
+from afl import workdir
+from afl.validate import ConfigError
+
 
 def _load_config(path: str):
   spec = importlib.util.spec_from_file_location("_afl_cfg", path)
@@ -23,6 +29,25 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (afl.interrupt), as shells report SIGINT
 
 class FlagError(ValueError):
   pass
+
+
+# Expected failures and their exit codes, in order: a WorkdirError is an
+# OSError, so it comes before anything broader.
+_EXPECTED = ((workdir.WorkdirError, EXIT_WORKDIR),
+             (checkpoint.CheckpointError, EXIT_CHECKPOINT),
+             (divergence.Diverged, EXIT_DIVERGED),
+             (interrupt.Interrupted, EXIT_INTERRUPTED),
+             ((ConfigError, FileNotFoundError), EXIT_CONFIG))
+
+
+def expected_failure(err: BaseException) -> tuple[int, str] | None:
+  """(exit code, one line) for an expected failure of a run or sweep, else
+  None: an unexpected error keeps its traceback."""
+  for kinds, code in _EXPECTED:
+    if isinstance(err, kinds):
+      return code, f"error: {err}"
+  oom = out_of_memory(err)
+  return None if oom is None else (EXIT_OUT_OF_MEMORY, f"error: {oom}")
 
 
 def out_of_memory(err: BaseException) -> str | None:

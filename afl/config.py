@@ -71,6 +71,9 @@ class DataConfig(config_tree.Component):
     _range(f"{p}.train_limit", self.train_limit, 0)
     _range(f"{p}.test_limit", self.test_limit, 0)
     _range(f"{p}.max_length", self.max_length, 2)
+    _range(f"{p}.synthetic_train", self.synthetic_train, 1)
+    _range(f"{p}.synthetic_test", self.synthetic_test, 1)
+    _range(f"{p}.synthetic_classes", self.synthetic_classes, 2)
 
 
 @dataclasses.dataclass(**_kw)

@@ -21,7 +21,6 @@ import os
 import sys
 from typing import Any, Callable
 
-from afl import checkpoint
 from afl import cli_errors
 from afl import comparison
 from afl import config as config_lib
@@ -222,18 +221,15 @@ def main(argv: list[str] | None = None) -> int:
                     overwrite=args.overwrite,
                     log=lambda m: print(f"[experiments] {m}", flush=True),
                     experiment_set=args.experiment_set)
-  except workdir_lib.WorkdirError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return cli_errors.EXIT_WORKDIR
-  except checkpoint.CheckpointError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return cli_errors.EXIT_CHECKPOINT
   except interrupt.Interrupted as e:
     print(f"error: {e}; rerun the sweep to go on", file=sys.stderr)
     return cli_errors.EXIT_INTERRUPTED
-  except (config_lib.ConfigError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return cli_errors.EXIT_CONFIG
+  except Exception as e:  # pylint: disable=broad-except
+    failure = cli_errors.expected_failure(e)
+    if failure is None:
+      raise  # unexpected: keep the traceback
+    print(failure[1], file=sys.stderr)
+    return failure[0]
   return 0
 
 

@@ -266,6 +266,9 @@ class Simulation:
           mngr, self.components(), cfg.checkpoint.max_to_keep, self.log)
       if elapsed is not None:
         self.log(f"resumed from checkpoint at version {loop.version}")
+      else:
+        self.log(f"resume: no checkpoint in {self.workdir} yet; starting at "
+                 "version 0")
     self.t0 = time.perf_counter() - (elapsed or 0.0)
     if self.workdir:
       with open(os.path.join(self.workdir, "malicious.json"), "w") as f:

@@ -3,7 +3,7 @@
   python benchmarks/robustness.py --workdir runs/robustness \
       [--pipelines mean default ...] [--attacks none sign_flip ...] \
       [--fractions 0.2 0.3] [--seeds 0 1] [--set demo|tiny] \
-      [--out benchmarks/out/robustness]
+      [--out benchmarks/out/robustness] [--merge other_machine.csv ...]
 
 Runs the cells of `configs/robustness.py` (pipelines x attacks x attacker
 fractions x seeds) that the filters select through `afl.experiments`, so a
@@ -64,6 +64,27 @@ def _row(workdir, pipe, attack, fraction, seed):
               quarantined_honest=s.get("quarantined_honest"),
               first_quarantine_version=first,
               diverged_at_version=s.get("diverged_at_version"))
+
+
+_INTS = ("seed", "num_malicious", "quarantined_malicious",
+         "quarantined_honest", "first_quarantine_version",
+         "diverged_at_version")
+_FLOATS = ("fraction", "final_test_accuracy", "attack_success_rate")
+
+
+def read_csv(path):
+  """Rows of a CSV this script wrote (another machine's share of the grid),
+  typed as `_row` returns them; empty fields are None."""
+  rows = []
+  with open(path, newline="") as f:
+    for r in csv.DictReader(f):
+      if set(r) != set(COLUMNS):
+        raise SystemExit(f"error: {path}: columns {sorted(r)} are not "
+                         f"{list(COLUMNS)}")
+      for k in _INTS + _FLOATS:
+        r[k] = None if r[k] == "" else (int if k in _INTS else float)(r[k])
+      rows.append(r)
+  return rows
 
 
 def _mean(rows, key):
@@ -172,6 +193,9 @@ def main(argv=None):
   ap.add_argument("--out", default="benchmarks/out/robustness")
   ap.add_argument("--no-run", action="store_true",
                   help="only tabulate the complete runs in --workdir")
+  ap.add_argument("--merge", nargs="+", default=[], metavar="CSV",
+                  help="also tabulate the selected cells of these CSVs "
+                  "(written here on other machines) that --workdir lacks")
   args = ap.parse_args(argv)
   bad = sorted(set(args.fractions) - set(spec.FRACTIONS))
   if bad or not set(args.seeds) <= set(spec.SEEDS):
@@ -183,6 +207,13 @@ def main(argv=None):
         os.path.join(ROOT, "configs", "robustness.py"), args.workdir,
         only=[spec.name(*c) for c in cells], experiment_set=args.set)
   rows = [r for r in (_row(args.workdir, *c) for c in cells) if r]
+  have = {r["name"] for r in rows}
+  wanted = {spec.name(*c) for c in cells}
+  for path in args.merge:
+    for r in read_csv(path):
+      if r["name"] in wanted and r["name"] not in have:
+        rows.append(r)
+        have.add(r["name"])
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out + ".csv", "w", newline="") as f:
     w = csv.DictWriter(f, COLUMNS)

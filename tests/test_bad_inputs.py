@@ -23,6 +23,7 @@ from afl import run as run_lib
 from afl import workdir as workdir_lib
 from afl.config import ConfigError, build_config
 from afl.simulation import Simulation
+from configs import fmnist_hybrid
 from configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,6 +86,21 @@ def _setup_bad_config_json(tmp):
   (tmp / "w" / "config.json").write_text("{truncated")
 
 
+def _front_door(fn):
+  """Runs `fn` and maps its failure as launch.py does: (exit code, line).
+  Fails the test when the error is not an expected one (a traceback)."""
+  with pytest.raises(Exception) as e:
+    fn()
+  failure = cli_errors.expected_failure(e.value)
+  assert failure is not None, f"unexpected {e.value!r}"
+  code, line = failure
+  assert "\n" not in line and line.startswith("error: "), line
+  return code, line
+
+
+_CODE = {workdir_lib.WorkdirError: cli_errors.EXIT_WORKDIR,
+         ConfigError: cli_errors.EXIT_CONFIG}
+
 # (id, setup -> optional workdir, overwrite, resume, error class or None,
 #  message regex, the user's files that must survive (relative to tmp))
 CASES = [
@@ -122,9 +138,12 @@ def test_workdir_case(tmp_path, case):
   if error is None:
     run_lib.run(_config(), wd, overwrite=overwrite, resume=resume)
   else:
-    with pytest.raises(error, match=match) as e:
+    with pytest.raises(error, match=match):
       run_lib.run(_config(), wd, overwrite=overwrite, resume=resume)
-    assert "\n" not in str(e.value)
+    code, _ = _front_door(
+        lambda: run_lib.run(_config(), wd, overwrite=overwrite,
+                            resume=resume))
+    assert code == _CODE[error]
     assert _snapshot(tmp_path) == before  # refused: nothing changed
   after = _snapshot(tmp_path)
   for rel in keep:
@@ -390,12 +409,60 @@ VALUE_CASES = [
 
 @pytest.mark.parametrize("key,value,match", VALUE_CASES,
                          ids=[f"{k}={v}" for k, v, _ in VALUE_CASES])
-def test_value_refused(key, value, match):
+def test_value_refused(tmp_path, key, value, match):
   c = tiny.get_config()
   _set(c, key, value)
-  with pytest.raises(ConfigError, match=match) as e:
+  with pytest.raises(ConfigError, match=match):
     build_config(c)
-  assert "\n" not in str(e.value)
+  _refused_before_any_work(tmp_path, c, key)
+
+
+def _refused_before_any_work(tmp, c, key):
+  """The run is refused with exit 2 and one line naming `key`; the
+  folder around the workdir is untouched and no workdir was made."""
+  _user_file(tmp, "notes.txt")
+  before = _snapshot(tmp)
+  code, line = _front_door(lambda: run_lib.run(c, str(tmp / "w")))
+  assert code == cli_errors.EXIT_CONFIG
+  assert line.startswith(f"error: config.{key}: "), line
+  assert _snapshot(tmp) == before and not (tmp / "w").exists()
+
+
+def _leaves(node, prefix=""):
+  for k, v in node.items():
+    if hasattr(v, "items"):
+      yield from _leaves(v, f"{prefix}{k}.")
+    else:
+      yield f"{prefix}{k}", v
+
+
+# Every float key of the demo's config (all sections), and every integer.
+_DEMO = fmnist_hybrid.get_config()
+FLOAT_KEYS = sorted(k for k, v in _leaves(_DEMO) if isinstance(v, float))
+INT_KEYS = sorted(k for k, v in _leaves(_DEMO)
+                  if isinstance(v, int) and not isinstance(v, bool))
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_every_float_key_must_be_finite(tmp_path, key):
+  c = tiny.get_config()
+  _set(c, key, float("nan"))
+  _refused_before_any_work(tmp_path, c, key)
+
+
+@pytest.mark.parametrize("key", INT_KEYS)
+def test_every_integer_key_has_a_range(tmp_path, key):
+  """-2 is below every integer key's range (-1 means "off" for some)."""
+  c = tiny.get_config()
+  _set(c, key, -2)
+  _refused_before_any_work(tmp_path, c, key)
+
+
+def test_the_key_tables_cover_the_config():
+  assert len(FLOAT_KEYS) >= 40 and len(INT_KEYS) >= 30
+  assert {"client.lr", "dp.noise_multiplier", "scheduler.dropout_prob",
+          "aggregator.beta"} <= set(FLOAT_KEYS)
+  assert {"seed", "num_clients", "data.synthetic_train"} <= set(INT_KEYS)
 
 
 def test_valid_optimizer_kwargs_pass():
@@ -441,3 +508,42 @@ def test_out_of_memory_is_one_line():
     (RuntimeError("INVALID_ARGUMENT: shapes"), False)])
 def test_out_of_memory_recognised(err, want):
   assert (cli_errors.out_of_memory(err) is not None) == want
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (dict(name="fashion_mnist", dir="/nonexistent/fmnist"), "data.dir"),
+    (dict(name="fashion_mnist", dir="notes.txt"), "data.dir"),
+    (dict(name="no_such_dataset"), None),
+])
+def test_data_source_refused_before_any_work(tmp_path, monkeypatch,
+                                             overrides, key):
+  monkeypatch.chdir(tmp_path)
+  c = tiny.get_config()
+  c.data.update(**overrides)
+  _user_file(tmp_path, "notes.txt")
+  before = _snapshot(tmp_path)
+  code, line = _front_door(lambda: run_lib.run(c, str(tmp_path / "w")))
+  assert code == cli_errors.EXIT_CONFIG
+  assert line.startswith(f"error: config.{key}: " if key else
+                         "error: no_such_dataset: "), line
+  assert {k: v for k, v in _snapshot(tmp_path).items()
+          if not k.startswith("w" + os.sep)} == before
+
+
+def test_resume_without_a_checkpoint_says_it_starts_over(tmp_path):
+  logs = []
+  sim = Simulation(build_config(_config()), str(tmp_path / "w"),
+                   log=logs.append)
+  sim.run(resume=True)
+  assert any(m.startswith("resume: no checkpoint in ") and
+             m.endswith("starting at version 0") for m in logs), logs
+
+
+def test_sweep_front_door_missing_spec(tmp_path, capsys):
+  from afl import experiments  # pylint: disable=g-import-not-at-top
+  code = experiments.main(["--experiments", str(tmp_path / "none.py"),
+                           "--workdir", str(tmp_path / "sw")])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == cli_errors.EXIT_CONFIG
+  assert len(err) == 1 and "none.py" in err[0], err
+  assert not (tmp_path / "sw").exists()

@@ -70,6 +70,15 @@ def test_robustness_table_runs_cells_and_reuses_them(tmp_path, capsys):
   # A second call reuses the complete runs (nothing is rerun).
   assert robustness.main(args + ["--no-run"]) == 0
   assert "2 of 2 cells complete" in capsys.readouterr().out
+  # Another machine's CSV fills cells an empty workdir lacks: same table.
+  (tmp_path / "table.csv").rename(tmp_path / "other.csv")
+  merged = ["--workdir", str(tmp_path / "empty"), "--no-run", "--merge",
+            str(tmp_path / "other.csv")] + args[2:]
+  assert robustness.main(merged) == 0
+  assert "2 of 2 cells complete" in capsys.readouterr().out
+  assert (tmp_path / "table.md").read_text() == md
+  assert ((tmp_path / "table.csv").read_text()
+          == (tmp_path / "other.csv").read_text())
 
 
 def test_robustness_table_marks_diverged_cells(tmp_path):
