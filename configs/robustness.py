@@ -35,6 +35,8 @@ PIPELINES = {
     "momentum_bucketing_cc": _agg(
         "centered_clip", stages=("client_momentum", "bucketing")),
     "default": {},  # the demo's own pipeline, trust included
+    # Centered clipping with the demo's trust (soft quarantine weights it).
+    "cc_trust": {"aggregator": {"name": "centered_clip", "stages": ()}},
     # The same with FLTrust's root reference (assumes server-held data).
     "default_root": {"trust": {"reference": "root"}},
 }

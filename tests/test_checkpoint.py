@@ -84,16 +84,17 @@ def test_sigkill_and_resume_is_bitwise_equal(tmp_path, mode):
 
 
 def test_resume_refuses_other_config(tmp_path):
+  from afl import cli_errors  # pylint: disable=g-import-not-at-top
+  from afl import run as run_lib  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path / "w")
-  subprocess.run([sys.executable, "launch.py", "--config", "configs/tiny.py",
-                  "--workdir", wd], check=True, capture_output=True,
-                 timeout=300)
-  r = subprocess.run([sys.executable, "launch.py", "--config",
-                      "configs/tiny.py", "--workdir", wd, "--resume",
-                      "--config.client.lr=0.2"], capture_output=True,
-                     text=True, timeout=300)
-  assert r.returncode == 2
-  assert "holds a run of a different config" in r.stderr
+  run_lib.run(tiny.get_config(), wd)
+  c = tiny.get_config()
+  c.client.lr = 0.2
+  with pytest.raises(Exception) as e:
+    run_lib.run(c, wd, resume=True)
+  code, line = cli_errors.expected_failure(e.value)
+  assert code == cli_errors.EXIT_CONFIG
+  assert "holds a run of a different config" in line
 
 
 def _rich_config(max_versions):

@@ -100,17 +100,22 @@ def test_launch_reports_one_line_errors(tmp_path):
 
 
 def test_workdir_of_another_config_is_refused(tmp_path):
+  from afl import cli_errors  # pylint: disable=g-import-not-at-top
+  from afl import run as run_lib  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path / "w")
-  r = _launch("--config", "configs/tiny.py", "--workdir", wd,
-              "--config.stop.max_versions=2")
-  assert r.returncode == 0, r.stderr
-  r = _launch("--config", "configs/tiny.py", "--workdir", wd,
-              "--config.stop.max_versions=3")
-  assert r.returncode == 2
-  assert "holds a run of a different config" in r.stderr
-  r = _launch("--config", "configs/tiny.py", "--workdir", wd, "--overwrite",
-              "--config.stop.max_versions=3")
-  assert r.returncode == 0, r.stderr
+
+  def config(versions):
+    c = tiny.get_config()
+    c.stop.max_versions = versions
+    return c
+
+  run_lib.run(config(2), wd)
+  with pytest.raises(ConfigError) as e:
+    run_lib.run(config(3), wd)
+  code, line = cli_errors.expected_failure(e.value)
+  assert code == cli_errors.EXIT_CONFIG
+  assert "holds a run of a different config" in line
+  assert run_lib.run(config(3), wd, overwrite=True)["num_server_versions"] == 3
 
 
 def test_dataset_too_small_for_clients_is_one_line(tmp_path):

@@ -90,7 +90,7 @@ def _damage_header(path):  # plain file whose header declares more rows
 def _damage_bad_magic(path):
   raw = bytearray(gzip.decompress(open(path, "rb").read()))
   raw[2] = 0x42
-  open(path, "wb").write(gzip.compress(bytes(raw)))
+  open(path, "wb").write(gzip.compress(bytes(raw), compresslevel=1))
 
 
 @pytest.mark.parametrize("stem", ["train-images-idx3-ubyte",
@@ -127,7 +127,7 @@ def test_labels_out_of_range_name_the_file(tmp_path):
   path = os.path.join(d, "t10k-labels-idx1-ubyte.gz")
   raw = bytearray(gzip.decompress(open(path, "rb").read()))
   raw[8 + 123] = 12
-  open(path, "wb").write(gzip.compress(bytes(raw)))
+  open(path, "wb").write(gzip.compress(bytes(raw), compresslevel=1))
   with pytest.raises(ValueError) as e:
     _load(d)
   msg = _one_line(e)

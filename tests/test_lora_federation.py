@@ -59,6 +59,7 @@ def _cohort_memory(ckpt, cohort):
   return mem, nbytes(adapters), nbytes(base)
 
 
+@pytest.mark.slow  # long end to end: pytest -m slow
 def test_base_is_not_replicated_across_the_cohort(tmp_path):
   small = _tiny_bert_checkpoint((tmp_path / "s").mkdir() or tmp_path / "s",
                                 vocab=100)

@@ -65,6 +65,7 @@ def _run(src, tmp_path, variant):
   return np.load(out), json.loads(r.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # long end to end: pytest -m slow
 def test_merge_off_reproduces_baseline_bitwise(tmp_path):
   base_params, base_metrics = _run(_baseline_tree(tmp_path), tmp_path,
                                    "baseline")

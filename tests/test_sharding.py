@@ -6,6 +6,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+
+# Each test starts fresh processes with forced host devices (~30 s each).
+pytestmark = pytest.mark.slow
 
 SCRIPT = """
 import sys, numpy as np, jax
