@@ -130,18 +130,29 @@ def tables(rows, pipelines, attacks, fractions):
                                        "attack_success_rate")) + " |"
               for p in pipelines]
       out.append("")
-  trust_rows = [r for r in rows if r.get("quarantined_malicious") is not None]
-  if trust_rows:
-    out += ["### Trust detection (runs with trust)", "",
-            "| pipeline | attack | fraction | seed | attackers quarantined | "
+  trust = {}
+  for r in rows:
+    if r.get("quarantined_malicious") is not None:
+      key = (r["pipeline"], r["attack"], r["fraction"])
+      trust.setdefault(key, []).append(r)
+  if trust:
+    out += ["### Trust detection (runs with trust; per seed, seeds in order)",
+            "",
+            "| pipeline | attack | fraction | attackers quarantined | "
             "honest quarantined | first quarantine (version) |",
-            "|---|---|---|---|---|---|---|"]
-    for r in trust_rows:
-      caught = (f"{r['quarantined_malicious']}/{r['num_malicious']}"
-                if r["num_malicious"] else "–")
-      out.append(f"| {r['pipeline']} | {r['attack']} | {r['fraction']} | "
-                 f"{r['seed']} | {caught} | {r['quarantined_honest']} | "
-                 f"{r['first_quarantine_version'] or '–'} |")
+            "|---|---|---|---|---|---|"]
+    for (p, a, f), runs in sorted(
+        trust.items(), key=lambda kv: (pipelines.index(kv[0][0])
+                                       if kv[0][0] in pipelines else 99,
+                                       kv[0][2], attacks.index(kv[0][1])
+                                       if kv[0][1] in attacks else 99)):
+      runs = sorted(runs, key=lambda r: r["seed"])
+      caught = " / ".join(f"{r['quarantined_malicious']}/{r['num_malicious']}"
+                          if r["num_malicious"] else "–" for r in runs)
+      honest = " / ".join(str(r["quarantined_honest"]) for r in runs)
+      first = " / ".join(str(r["first_quarantine_version"] or "–")
+                         for r in runs)
+      out.append(f"| {p} | {a} | {f} | {caught} | {honest} | {first} |")
   return "\n".join(out) + "\n"
 
 

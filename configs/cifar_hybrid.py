@@ -24,12 +24,13 @@ def get_config(arg=None):
   c.scheduler.update(step_time=1.0, duration_dist="lognormal",
                      duration_sigma=0.5, heterogeneity=0.7, network_delay=2.0,
                      dropout_prob=0.05)
-  # The hybrid pipeline (README, "Aggregation"): clip at 2x the median norm,
-  # trust-weighted trimmed mean assuming up to 30% attackers (the demo's
-  # choice, from the robustness table), median fallback; trust with soft
-  # quarantine.
-  c.aggregator.update(name="hybrid", clip_multiplier=2.0,
-                      byzantine_fraction=0.3, min_trusted=3)
+  # The demo's pipeline, the best of the robustness table on Fashion-MNIST
+  # (README): centered clipping with trust's soft quarantine. tau = 1.0 was
+  # measured there only; CIFAR's update norms differ, so sweep it here.
+  # byzantine_fraction: the attacker share the robust rules assume
+  # (trimmed mean, Krum, Bulyan, hybrid) when aggregator.name changes.
+  c.aggregator.update(name="centered_clip", tau=1.0, iters=3,
+                      byzantine_fraction=0.3)
   c.trust.update(enabled=True, quarantine_scale=0.1)
   c.stop.update(max_versions=2000)
   c.eval.update(every_versions=50, batch_size=1000)

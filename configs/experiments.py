@@ -13,7 +13,8 @@ so an experiment naming a key that does not exist stops only itself.
 
 The default set compares, on the Fashion-MNIST demo (configs/fmnist_hybrid.py):
 the three server modes; every attack at 30% malicious clients against every
-aggregator alone and against the demo's hybrid pipeline with trust scores;
+aggregator alone and against the hybrid pipeline with trust scores (the
+attack/pipeline grid itself is `configs/robustness.py`);
 client and server DP; top-k compression with and without error feedback;
 and the headline asynchronous hybrid + trust + client DP setup.
 """
@@ -25,8 +26,8 @@ ATTACKS = ("sign_flip", "alie", "ipm", "label_flip", "backdoor", "gaussian",
 AGGREGATORS = ("mean", "median", "trimmed_mean", "hybrid")
 ATTACK_FRACTION = 0.3
 
-# The demo config runs the hybrid pipeline with trust scores; everything
-# but the rows naming them turns both off, so that each row changes one
+# The demo config runs centered clipping with trust scores; everything
+# but the rows naming an aggregator and trust turns both off, so that each row changes one
 # thing against `fedbuff` (plain FedBuff with a mean).
 _PLAIN = {"aggregator": {"name": "mean"}, "trust": {"enabled": False}}
 # As configs/fmnist_hybrid_dp.py: less momentum, which would otherwise
@@ -59,7 +60,7 @@ def _default_set():
     for agg in AGGREGATORS:
       exps.append((f"attack_{kind}__{agg}", base, _merge(
           _PLAIN, attack, {"aggregator": {"name": agg}})))
-    # The demo's own pipeline: hybrid aggregator weighted by trust scores.
+    # The hybrid aggregator weighted by trust scores.
     exps.append((f"attack_{kind}__hybrid_trust", base, _merge(
         attack, {"aggregator": {"name": "hybrid"},
                  "trust": {"enabled": True}})))
@@ -97,32 +98,14 @@ def _tiny_set():
   ]
 
 
-def _attack_table_set():
-  """The README's attack table: each attack at 30% under plain FedBuff with
-  a mean and under the demo's hybrid + trust, on a shorter budget (40
-  versions) so that the 22 runs take about half an hour on 2 CPU cores."""
-  short = {"stop": {"max_versions": 40}, "eval": {"every_versions": 20}}
-  exps = [("none__mean", fmnist_hybrid, _merge(_PLAIN, short)),
-          ("none__hybrid_trust", fmnist_hybrid, dict(short))]
-  for kind in ATTACKS:
-    attack = {"attack": {"kind": kind, "fraction": ATTACK_FRACTION}}
-    exps.append((f"{kind}__mean", fmnist_hybrid,
-                 _merge(_PLAIN, attack, short)))
-    exps.append((f"{kind}__hybrid_trust", fmnist_hybrid,
-                 _merge(attack, short)))
-  return exps
-
-
-_SETS = {"default": _default_set, "tiny": _tiny_set,
-         "attack_table": _attack_table_set}
+_SETS = {"default": _default_set, "tiny": _tiny_set}
 
 
 def get_experiments(arg=None):
   """Returns `[(name, base config module, overrides), ...]`.
 
   Args:
-    arg: the set: None or "default" (Fashion-MNIST), "attack_table" (the
-      README's attack table), or "tiny" (tests).
+    arg: the set: None or "default" (Fashion-MNIST), or "tiny" (tests).
   """
   key = arg or "default"
   if key not in _SETS:

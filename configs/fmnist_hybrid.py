@@ -2,8 +2,8 @@
 
 100 clients with Dirichlet(0.5) label skew, 10 training at a time with
 heterogeneous speeds; a 50k-parameter CNN; the server buffers 10 arrivals
-per version. Reads the IDX files of Debian's `dataset-fashion-mnist` (or
-data.dir). Runs in under 3 minutes on 2 CPU cores (README).
+per version and aggregates them by centered clipping with trust. Reads the
+IDX files of Debian's `dataset-fashion-mnist` (or data.dir). Runs in under 3 minutes on 2 CPU cores (README).
 """
 from afl import config as afl_config
 
@@ -23,14 +23,16 @@ def get_config(arg=None):
                   staleness_fn="polynomial", staleness_a=0.5)
   c.scheduler.update(step_time=1.0, duration_dist="exponential",
                      heterogeneity=0.5, network_delay=1.0, dropout_prob=0.05)
-  # The hybrid pipeline (README, "Aggregation"): clip at 2x the median norm,
-  # trust-weighted trimmed mean assuming up to 30% attackers (3 rows' worth
-  # trimmed per side of a buffer of 10), median fallback; trust with soft
-  # quarantine. Chosen from the robustness table (benchmarks/RESULTS.md):
-  # beta = 0.1 trims one row per side and lets a 30% gaussian attack break
-  # the model (0.38) before trust has the evidence to quarantine.
-  c.aggregator.update(name="hybrid", clip_multiplier=2.0,
-                      byzantine_fraction=0.3, min_trusted=3)
+  # Centered clipping (Karimireddy et al. 2021: each update's pull on the
+  # center, the previous aggregate, bounded by tau) with trust's soft
+  # quarantine weighting it: the best pipeline of the robustness table
+  # (README, "The robustness table"). Against the trust-weighted 30%
+  # trimmed mean it had before, it gains 3 points without attack (0.850 vs
+  # 0.817 at version 70) and 5-9 under min-max / min-sum at 30% attackers.
+  # byzantine_fraction: the attacker share the robust rules assume
+  # (trimmed mean, Krum, Bulyan, hybrid) when aggregator.name changes.
+  c.aggregator.update(name="centered_clip", tau=1.0, iters=3,
+                      byzantine_fraction=0.3)
   # Trust scores each update against the median of the others; a client is
   # quarantined when its mean score (shrunk by 2 pseudo-arrivals) is below
   # 0 and a robust-z outlier (z < -3 against the clients in good standing)

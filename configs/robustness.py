@@ -24,6 +24,10 @@ def _agg(name, **kw):
   return {"aggregator": {"name": name, "stages": (), **kw}, **_OFF}
 
 
+_HYBRID = {"aggregator": {"name": "hybrid", "stages": (),
+                          "clip_multiplier": 2.0, "byzantine_fraction": 0.3,
+                          "min_trusted": 3}}
+
 PIPELINES = {
     "mean": _agg("mean"),
     "median": _agg("median"),
@@ -34,9 +38,11 @@ PIPELINES = {
     "bucketing_cc": _agg("centered_clip", stages=("bucketing",)),
     "momentum_bucketing_cc": _agg(
         "centered_clip", stages=("client_momentum", "bucketing")),
-    "default": {},  # the demo's own pipeline, trust included
-    # Centered clipping with the demo's trust (soft quarantine weights it).
-    "cc_trust": {"aggregator": {"name": "centered_clip", "stages": ()}},
+    # The demo's earlier pipeline: trust-weighted trimmed mean assuming 30%
+    # attackers, clipped at 2x the median norm, median fallback; trust on.
+    "hybrid_trust": _HYBRID,
+    "hybrid_root": {**_HYBRID, "trust": {"reference": "root"}},
+    "default": {},  # the demo's own pipeline (centered clipping + trust)
     # The same with FLTrust's root reference (assumes server-held data).
     "default_root": {"trust": {"reference": "root"}},
 }
