@@ -141,18 +141,19 @@ def tables(rows, pipelines, attacks, fractions):
             "| pipeline | attack | fraction | attackers quarantined | "
             "honest quarantined | first quarantine (version) |",
             "|---|---|---|---|---|---|"]
-    for (p, a, f), runs in sorted(
-        trust.items(), key=lambda kv: (pipelines.index(kv[0][0])
-                                       if kv[0][0] in pipelines else 99,
-                                       kv[0][2], attacks.index(kv[0][1])
-                                       if kv[0][1] in attacks else 99)):
-      runs = sorted(runs, key=lambda r: r["seed"])
-      caught = " / ".join(f"{r['quarantined_malicious']}/{r['num_malicious']}"
-                          if r["num_malicious"] else "–" for r in runs)
-      honest = " / ".join(str(r["quarantined_honest"]) for r in runs)
-      first = " / ".join(str(r["first_quarantine_version"] or "–")
-                         for r in runs)
-      out.append(f"| {p} | {a} | {f} | {caught} | {honest} | {first} |")
+    cells = [("none", 0.0)] + [(a, f) for f in fractions for a in cols]
+    for p in pipelines:
+      for a, f in cells:
+        runs = sorted(trust.get((p, a, f), []), key=lambda r: r["seed"])
+        if not runs:
+          continue
+        caught = " / ".join(
+            f"{r['quarantined_malicious']}/{r['num_malicious']}"
+            if r["num_malicious"] else "–" for r in runs)
+        honest = " / ".join(str(r["quarantined_honest"]) for r in runs)
+        first = " / ".join(str(r["first_quarantine_version"] or "–")
+                           for r in runs)
+        out.append(f"| {p} | {a} | {f} | {caught} | {honest} | {first} |")
   return "\n".join(out) + "\n"
 
 

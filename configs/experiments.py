@@ -26,9 +26,9 @@ ATTACKS = ("sign_flip", "alie", "ipm", "label_flip", "backdoor", "gaussian",
 AGGREGATORS = ("mean", "median", "trimmed_mean", "hybrid")
 ATTACK_FRACTION = 0.3
 
-# The demo config runs centered clipping with trust scores; everything
-# but the rows naming an aggregator and trust turns both off, so that each row changes one
-# thing against `fedbuff` (plain FedBuff with a mean).
+# The demo config runs centered clipping with trust scores; every row but
+# those naming an aggregator and trust turns both off, so that each row
+# changes one thing against `fedbuff` (plain FedBuff with a mean).
 _PLAIN = {"aggregator": {"name": "mean"}, "trust": {"enabled": False}}
 # As configs/fmnist_hybrid_dp.py: less momentum, which would otherwise
 # accumulate the DP noise over the local steps.

@@ -94,3 +94,15 @@ def test_robustness_table_marks_diverged_cells(tmp_path):
   robustness.heatmap(str(tmp_path / "h.png"), rows, ["mean"],
                      ["none", "gaussian"], [0.3])
   assert (tmp_path / "h.png").stat().st_size > 0
+
+
+def test_robustness_trust_table_lists_seeds_in_order():
+  import robustness  # pylint: disable=g-import-not-at-top
+  row = lambda seed, caught, honest, first: dict(
+      pipeline="default", attack="sign_flip", fraction=0.3, seed=seed,
+      final_test_accuracy=0.8, num_malicious=30,
+      quarantined_malicious=caught, quarantined_honest=honest,
+      first_quarantine_version=first)
+  rows = [row(1, 29, 1, 20), row(0, 28, 0, None)]  # seed 1 read first
+  md = robustness.tables(rows, ["default"], ["none", "sign_flip"], [0.3])
+  assert "| default | sign_flip | 0.3 | 28/30 / 29/30 | 0 / 1 | – / 20 |" in md
