@@ -23,14 +23,16 @@ def choice(path: str, value, options):
     fail(path, f"must be one of {list(options)}, got {value!r}")
 
 
-def in_range(path: str, value, lo=None, hi=None, lo_open: bool = False):
-  """lo <= value (< when lo_open) and value <= hi; NaN never passes."""
+def in_range(path: str, value, lo=None, hi=None, lo_open: bool = False,
+             hi_open: bool = False):
+  """lo <= value and value <= hi (< when lo_open / hi_open); NaN never
+  passes."""
   if isinstance(value, float) and math.isnan(value):
     fail(path, f"must be a number, got {value!r}")
   if lo is not None and (value < lo or (lo_open and value == lo)):
     fail(path, f"must be {'>' if lo_open else '>='} {lo}, got {value!r}")
-  if hi is not None and value > hi:
-    fail(path, f"must be <= {hi}, got {value!r}")
+  if hi is not None and (value > hi or (hi_open and value == hi)):
+    fail(path, f"must be {'<' if hi_open else '<='} {hi}, got {value!r}")
 
 
 def is_number(v) -> bool:

@@ -13,7 +13,9 @@ from afl.config import build_config
 from afl.simulation import Simulation
 from configs import tiny
 
-CFG = trust.TrustConfig()
+# The terms other than the duplicate penalty, on hand-built rows that are
+# often exact copies (the duplicate term has its own tests below).
+CFG = trust.TrustConfig(duplicate_penalty=0.0)
 
 
 @pytest.mark.parametrize("field,kw", [
@@ -158,7 +160,8 @@ def test_huge_finite_rows_score_finite():
 
 
 def test_evidence_accumulates_by_hand():
-  cfg = trust.TrustConfig(decay=0.5, prior_count=1.0, min_count=1)
+  cfg = trust.TrustConfig(decay=0.5, prior_count=1.0, min_count=1,
+                          duplicate_penalty=0.0)
   st = trust.trust_init(4)
   # A: client 3 flipped. B: clients 0-2 only. C: client 0 flipped.
   st, _ = trust.trust_update(st, jnp.array([0, 1, 2, 3]), _pattern(3),
@@ -260,6 +263,118 @@ def test_transitions_hysteresis_and_weights():
   chex.assert_trees_all_close(w, jnp.array([1.0, 0.1, 0.1, 0.1]))
 
 
+def test_leave_one_out_median_outside_rows_get_the_whole_median():
+  rng = np.random.default_rng(5)
+  for k in (3, 4, 6, 7):
+    x = rng.standard_normal((k, 9)).astype(np.float32)
+    valid = np.arange(k) < k - 2
+    outside = ~valid
+    outside[-1] = False  # neither: 0
+    got = np.asarray(trust.leave_one_out_median(
+        jnp.asarray(x), jnp.asarray(valid), jnp.asarray(outside)))
+    np.testing.assert_allclose(got[k - 2], np.median(x[valid], axis=0),
+                               atol=1e-6)
+    np.testing.assert_array_equal(got[k - 1], np.zeros(9))
+    for i in np.flatnonzero(valid):
+      want = (np.median(x[valid & (np.arange(k) != i)], axis=0)
+              if valid.sum() >= 2 else np.zeros(9))  # k = 3: one valid row
+      np.testing.assert_allclose(got[i], want, atol=1e-6)
+
+
+def test_max_cosine_with_others_matches_numpy():
+  rng = np.random.default_rng(6)
+  x = rng.standard_normal((7, 30)).astype(np.float32)
+  x[2] = 3.0 * x[5]  # a scaled copy: cosine 1
+  x[4] = 0.0  # no direction
+  valid = np.array([True, True, True, True, True, True, False])
+  got = np.asarray(trust.max_cosine_with_others(jnp.asarray(x),
+                                                jnp.asarray(valid)))
+  u = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+  for k in range(7):
+    others = [j for j in range(7) if j != k and valid[j] and j != 4]
+    want = (max(u[k] @ u[j] for j in others) if valid[k] and k != 4
+            else -1.0)
+    assert got[k] == pytest.approx(want, abs=1e-5), k
+  assert got[2] == pytest.approx(1.0, abs=1e-6)
+  # Entries up to float32 max (squares overflow) still give cosines.
+  huge = np.stack([x[0], x[0], x[1]]) * np.float32(1e37)
+  out = np.asarray(trust.max_cosine_with_others(jnp.asarray(huge),
+                                                jnp.ones(3, bool)))
+  assert np.all(np.isfinite(out)) and out[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_duplicate_penalty_closed_form():
+  """score = agreement - norm term - duplicate_penalty * max(0, (c - tol) /
+  (1 - tol)), c the largest cosine with another valid row."""
+  rng = np.random.default_rng(7)
+  x = rng.standard_normal((6, 40)).astype(np.float32) + 0.5
+  x[4] = x[3]  # an exact copy
+  x[5] = x[3] + 0.05 * rng.standard_normal(40).astype(np.float32)
+  valid = jnp.ones(6, bool)
+  cfg = trust.TrustConfig(duplicate_tolerance=0.9, duplicate_penalty=0.7)
+  off = trust.TrustConfig(duplicate_tolerance=0.9, duplicate_penalty=0.0)
+  score, agree, _, _ = trust.row_scores(jnp.asarray(x), valid, cfg)
+  base, agree0, _, _ = trust.row_scores(jnp.asarray(x), valid, off)
+  chex.assert_trees_all_equal(agree, agree0)
+  c = np.asarray(trust.max_cosine_with_others(jnp.asarray(x), valid))
+  want = np.clip(np.asarray(base) - 0.7 * np.maximum(0, (c - 0.9) / 0.1),
+                 -1, 1)
+  np.testing.assert_allclose(np.asarray(score), want, atol=1e-5)
+  assert c[3] > 0.99 and c[0] < 0.9  # copies penalized, the others not
+  assert float(score[3]) < float(base[3]) - 0.6
+
+
+def test_quarantined_rows_are_scored_but_not_references():
+  rng = np.random.default_rng(8)
+  x = rng.standard_normal((6, 25)).astype(np.float32)
+  q = jnp.zeros(6, bool).at[1].set(True).at[4].set(True)
+  st = trust.trust_init(6).replace(quarantined=q)
+  _, info = trust.trust_update(st, jnp.arange(6), jnp.asarray(x),
+                               jnp.ones(6, bool), CFG)
+  free = ~np.asarray(q)
+  for k in range(6):
+    others = free & (np.arange(6) != k)
+    r = np.median(x[others], axis=0)
+    want = np.sign(x[k]) @ np.sign(r) / np.sqrt(
+        np.count_nonzero(x[k]) * np.count_nonzero(r))
+    assert float(info.row_agreement[k]) == pytest.approx(want, abs=1e-5), k
+  assert np.asarray(info.row_valid).all()
+  # With fewer than two clients in good standing, every valid row is one.
+  st = trust.trust_init(6).replace(quarantined=jnp.arange(6) > 0)
+  _, info = trust.trust_update(st, jnp.arange(6), jnp.asarray(x),
+                               jnp.ones(6, bool), CFG)
+  _, want = trust.trust_update(trust.trust_init(6), jnp.arange(6),
+                               jnp.asarray(x), jnp.ones(6, bool), CFG)
+  chex.assert_trees_all_close(info.row_agreement, want.row_agreement)
+
+
+def _colluding_buffers(cfg, num_batches=30, seed=0):
+  """Buffers of 10 non-IID-like honest rows (a shared mean under noise four
+  times its size, as on the demo) from clients 0-13, three of them from
+  attackers 14-19 sending one shared vector, -0.1 x the honest mean (IPM);
+  returns the final state."""
+  rng = np.random.default_rng(seed)
+  mu = rng.standard_normal(200).astype(np.float32)
+  st = trust.trust_init(20)
+  for _ in range(num_batches):
+    ids = np.concatenate([rng.choice(14, 7, replace=False),
+                          rng.choice(np.arange(14, 20), 3, replace=False)])
+    honest = mu + 4.0 * rng.standard_normal((7, 200)).astype(np.float32)
+    evil = np.repeat(-0.1 * honest.mean(0, keepdims=True), 3, axis=0)
+    st, _ = trust.trust_update(st, jnp.asarray(ids),
+                               jnp.asarray(np.concatenate([honest, evil])),
+                               jnp.ones(10, bool), cfg)
+  return np.asarray(st.quarantined)
+
+
+def test_colluding_copies_caught_only_with_the_duplicate_term():
+  """The bloc drags the leave-one-out median its way, so sign agreement
+  alone misses it; the duplicate term catches all six, no honest one."""
+  q = _colluding_buffers(trust.TrustConfig())
+  assert q[14:].all() and not q[:14].any(), q
+  assert not _colluding_buffers(CFG)[14:].any()
+
+
 def test_update_compiles_once():
   st = trust.trust_init(6)
   args = lambda s: (jnp.arange(4) + s, jnp.full((4, 3), float(s)),
@@ -272,9 +387,10 @@ def test_update_compiles_once():
 
 
 def _tiny_run(attack: bool, versions: int = 30, reform: bool = False,
-              reference: str = "median"):
+              reference: str = "median", kind: str = "sign_flip"):
   """Tiny FedBuff (20 clients, buffers of 8, hybrid + trust against
-  `reference`; root: 64 held-out examples), optionally 25% sign flippers.
+  `reference`; root: 64 held-out examples), optionally 25% attackers of
+  `kind`.
   Returns (simulation, summary, transition log); each entry
   is (event, client, version, its scored arrivals, malicious then). With
   `reform`, a client stops attacking once it is quarantined."""
@@ -282,7 +398,7 @@ def _tiny_run(attack: bool, versions: int = 30, reform: bool = False,
   c.num_clients, c.concurrency, c.server.buffer_size = 20, 8, 8
   c.data.update(synthetic_train=1024, synthetic_test=256)
   if attack:
-    c.attack.update(kind="sign_flip", fraction=0.25)
+    c.attack.update(kind=kind, fraction=0.25)
   c.aggregator.name = "hybrid"
   c.trust.update(enabled=True, reference=reference, root_examples=64)
   c.stop.max_versions = versions
@@ -302,9 +418,10 @@ def _tiny_run(attack: bool, versions: int = 30, reform: bool = False,
   return sims[0], sims[0].run(), events
 
 
-@pytest.mark.parametrize("reference", ["median", "root"])
-def test_tiny_sign_flippers_quarantined_honest_never(reference):
-  sim, s, events = _tiny_run(attack=True, reference=reference)
+@pytest.mark.parametrize("reference,kind", [
+    ("median", "sign_flip"), ("root", "sign_flip"), ("median", "ipm")])
+def test_tiny_attackers_quarantined_honest_never(reference, kind):
+  sim, s, events = _tiny_run(attack=True, reference=reference, kind=kind)
   bad = set(np.flatnonzero(sim.c.malicious).tolist())
   assert len(bad) == 5
   assert all(mal for _, _, _, _, mal in events), events  # no honest one

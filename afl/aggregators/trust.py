@@ -1,15 +1,22 @@
 """Per-client trust from leave-one-out agreement, with soft quarantine.
 
 Scoring. Each valid row x_k of an aggregation is compared with a reference
-that excludes it: the coordinate-wise median r_k of the OTHER valid rows
-(`leave_one_out_median`), so an update never votes for itself, or, given a
-`reference` g (FLTrust's root update: the server's own training step on
-clean held-out data, `afl.server.root`), r_k = g for every row. With
-sign(0) = 0 and rho_k = |x_k| / median_{j != k} |x_j| (|x_k| / |g| with a
-reference),
+that excludes it: the coordinate-wise median r_k of the OTHER reference
+rows (`leave_one_out_median`), so an update never votes for itself, or,
+given a `reference` g (FLTrust's root update: the server's own training
+step on clean held-out data, `afl.server.root`), r_k = g for every row.
+The reference rows are the valid rows of clients not in quarantine (all
+valid rows when fewer than two of those remain): a quarantined client is
+still scored, against the others, but no longer pulls their medians, so a
+colluding bloc that has been caught stops shifting the reference by which
+the honest rows are judged. With sign(0) = 0, rho_k = |x_k| / median_j |x_j|
+over the other reference rows (|x_k| / |g| with a reference), and
+c_k = max_{j != k} cos(x_k, x_j) over the other valid rows,
 
   agree_k = <sign x_k, sign r_k> / sqrt(nnz(x_k) nnz(r_k))   in [-1, 1]
-  score_k = clip(agree_k - norm_penalty * max(0, log(rho_k / norm_tolerance)),
+  score_k = clip(agree_k - norm_penalty * max(0, log(rho_k / norm_tolerance))
+                 - duplicate_penalty * max(0, (c_k - duplicate_tolerance)
+                                              / (1 - duplicate_tolerance)),
                  -1, 1)
 
 `agree_k` is the cosine of the sign vectors: 0 for a random direction, > 0
@@ -19,6 +26,18 @@ Fashion-MNIST demo its per-row AUC between honest and sign-flipped updates
 is 0.91, against 0.75 for the plain cosine with the same reference). Signs
 ignore scale, so updates longer than `norm_tolerance` times the typical
 one (scaling, noise) lose `norm_penalty` per e-fold of excess length.
+
+The duplicate term is FoolsGold's observation (Fung et al. 2020): honest
+non-IID updates are never near copies of each other, while colluding
+attackers that compute one malicious vector from the same buffer (ALIE,
+IPM, min-max, min-sum, mimic) send identical rows. Such a bloc also drags
+the leave-one-out median its way (on the demo under 30% IPM an attacker's
+sign agreement with it is +0.18, above the honest rows' +0.02), so sign
+agreement alone misses it; the duplicate term does not (on the demo no
+honest row's largest cosine with another row reaches 0.9; an IPM row's is
+1 whenever a second attacker shares its buffer). A mimicked honest row is
+penalized with its copies, once per buffer that copies it. The term costs
+a [K, K] Gram matrix, K^2 D multiply-adds per batch.
 Without a reference, a batch with fewer than two valid rows scores
 nothing; with one, a non-finite or zero reference scores nothing.
 
@@ -99,6 +118,10 @@ class TrustConfig:
     norm_tolerance: updates up to this many times the typical norm are
       not penalized, >= 1.
     norm_penalty: score lost per e-fold of norm beyond the tolerance, >= 0.
+    duplicate_tolerance: cosine with another row of the batch above which
+      a row counts as a near copy, in [0, 1).
+    duplicate_penalty: score lost at cosine 1 (linear from the
+      tolerance), >= 0; 0 turns the term off.
     quarantine_scale: weight multiplier for quarantined clients, in
       (0, 1]; not 0, so the quarantine stays soft.
   """
@@ -110,6 +133,8 @@ class TrustConfig:
   agreement_floor: float = 0.0
   norm_tolerance: float = 2.0
   norm_penalty: float = 0.5
+  duplicate_tolerance: float = 0.99
+  duplicate_penalty: float = 1.0
   quarantine_scale: float = 0.1
 
   def __post_init__(self):
@@ -129,6 +154,9 @@ class TrustConfig:
                lo_open=True)
     v.in_range(f"{p}.norm_tolerance", self.norm_tolerance, 1)
     v.in_range(f"{p}.norm_penalty", self.norm_penalty, 0)
+    v.in_range(f"{p}.duplicate_tolerance", self.duplicate_tolerance, 0, 1,
+               hi_open=True)
+    v.in_range(f"{p}.duplicate_penalty", self.duplicate_penalty, 0)
     v.in_range(f"{p}.quarantine_scale", self.quarantine_scale, 0, 1,
                lo_open=True)
 
@@ -172,7 +200,8 @@ def _middle(s: jax.Array, n: jax.Array):
 
 
 @jax.jit
-def leave_one_out_median(flat: jax.Array, valid: jax.Array) -> jax.Array:
+def leave_one_out_median(flat: jax.Array, valid: jax.Array,
+                         outside: jax.Array | None = None) -> jax.Array:
   """[K, D] -> [K, D]: row k is the coordinate-wise median of the valid rows
   other than k (`np.median(flat[valid & (arange(K) != k)], axis=0)`).
 
@@ -181,7 +210,10 @@ def leave_one_out_median(flat: jax.Array, valid: jax.Array) -> jax.Array:
   otherwise (n even); (s_h + s_{h+1}) / 2, (s_{h-1} + s_h) / 2 or
   (s_{h-1} + s_{h+1}) / 2 as x is below, above or at s_h (n odd). Ties give
   the same value whichever equal element is dropped. Rows that are not
-  valid, and every row when fewer than two are, get 0.
+  valid, and every row when fewer than two are, get 0, except the rows
+  `outside` marks (optional [K] bool, rows not valid): they get the median
+  of all n valid rows (s_h, or (s_{h-1} + s_h) / 2 for n even; 0 when
+  n = 0).
   """
   n = jnp.sum(valid.astype(jnp.int32))
   lo, mid, hi = _sortnet.map_sorted_blocks(lambda s, _: _middle(s, n), flat,
@@ -189,8 +221,13 @@ def leave_one_out_median(flat: jax.Array, valid: jax.Array) -> jax.Array:
   odd = jnp.where(flat < mid, 0.5 * (mid + hi),
                   jnp.where(flat > mid, 0.5 * (lo + mid), 0.5 * (lo + hi)))
   even = jnp.where(flat <= lo, mid, lo)
-  loo = jnp.where(n % 2 == 1, odd, even)
-  return jnp.where(valid[:, None] & (n >= 2), loo, 0.0).astype(flat.dtype)
+  loo = jnp.where(valid[:, None] & (n >= 2),
+                  jnp.where(n % 2 == 1, odd, even), 0.0)
+  if outside is not None:
+    whole = jnp.where(n % 2 == 1, mid, 0.5 * (lo + mid))
+    loo = jnp.where(outside[:, None] & ~valid[:, None] & (n >= 1),
+                    whole[None, :], loo)
+  return loo.astype(flat.dtype)
 
 
 def _norms(x: jax.Array) -> jax.Array:
@@ -199,22 +236,45 @@ def _norms(x: jax.Array) -> jax.Array:
                      jnp.finfo(jnp.float32).max)
 
 
+def max_cosine_with_others(flat: jax.Array, valid: jax.Array) -> jax.Array:
+  """[K, D], [K] -> [K]: max_{j != k, valid j} cos(x_k, x_j) for valid rows
+  k (-1 where there is no such j, or either row is 0; rows are scaled by
+  their largest entry first, so any finite input gives a finite result)."""
+  x = jnp.where(valid[:, None], flat, 0.0).astype(jnp.float32)
+  top = jnp.max(jnp.abs(x), axis=1, keepdims=True)
+  x = x / jnp.where(top > 0, top, 1.0)
+  n = jnp.sqrt(jnp.sum(x * x, axis=1, keepdims=True))
+  u = x / jnp.where(n > 0, n, 1.0)
+  gram = jnp.dot(u, u.T, precision=jax.lax.Precision.HIGHEST)
+  k = x.shape[0]
+  pair = (valid[:, None] & valid[None, :] & ~jnp.eye(k, dtype=bool)
+          & (n > 0) & (n.T > 0))
+  return jnp.max(jnp.where(pair, gram, -1.0), axis=1)
+
+
 def row_scores(flat: jax.Array, valid: jax.Array, cfg: TrustConfig,
-               reference: jax.Array | None = None):
+               reference: jax.Array | None = None,
+               references: jax.Array | None = None):
   """[K, D], [K] -> (score, agreement, norm ratio, scored), each [K]
   (module doc); `scored` marks the rows that got a score.
 
   `reference`: None (leave-one-out medians) or a [D] update every row is
-  compared with. Rows not valid get 0; so do all rows when fewer than two
-  are valid (no reference) or the reference is zero or not finite.
+  compared with. `references`: the valid rows the medians are taken over
+  (default: all valid rows); the others are compared with the median of
+  all of them. Rows not valid get 0; so do all rows when there is no
+  median of others to compare with (no reference) or the reference is zero
+  or not finite.
   """
   x = jnp.where(valid[:, None], flat, 0.0).astype(jnp.float32)
   sx = jnp.sign(x)
   norm = _norms(x)
   if reference is None:
-    sr = jnp.sign(leave_one_out_median(x, valid))
-    typical = leave_one_out_median(norm[:, None], valid)[:, 0]
-    ok = valid & (jnp.sum(valid) >= 2)
+    refs = valid if references is None else references & valid
+    out = valid & ~refs
+    sr = jnp.sign(leave_one_out_median(x, refs, out))
+    typical = leave_one_out_median(norm[:, None], refs, out)[:, 0]
+    n = jnp.sum(refs.astype(jnp.int32))
+    ok = (refs & (n >= 2)) | (out & (n >= 1))
   else:
     g = reference.astype(jnp.float32)
     usable = jnp.all(jnp.isfinite(g))
@@ -230,6 +290,11 @@ def row_scores(flat: jax.Array, valid: jax.Array, cfg: TrustConfig,
   # Without a penalty an infinite ratio must not give 0 * inf.
   penalty = (cfg.norm_penalty * jnp.maximum(
       0.0, jnp.log(rho / cfg.norm_tolerance)) if cfg.norm_penalty else 0.0)
+  if cfg.duplicate_penalty:
+    copy = jnp.maximum(0.0, max_cosine_with_others(x, valid)
+                       - cfg.duplicate_tolerance)
+    penalty = penalty + (cfg.duplicate_penalty * copy
+                         / (1.0 - cfg.duplicate_tolerance))
   score = jnp.clip(agree - penalty, -1.0, 1.0)
   return (jnp.where(ok, score, 0.0), jnp.where(ok, agree, 0.0),
           jnp.where(ok, rho, 0.0), ok)
@@ -268,8 +333,9 @@ def trust_update(state: TrustState, client_ids: jax.Array,
     state: current `TrustState`.
     client_ids: [K] int ids in [0, num_clients) (padding rows: anything).
     flat_updates: [K, D] the updates as aggregated.
-    valid: [K] bool, the rows that form the references; non-finite rows and
-      ids out of range are excluded as well.
+    valid: [K] bool, the rows scored and, those of clients not in
+      quarantine, forming the references; non-finite rows and ids out of
+      range are excluded as well.
     cfg: `TrustConfig` (static).
     scored: optional [K] bool, the valid rows whose scores count as
       evidence (default: all), e.g. the newest row of a fedasync window.
@@ -294,7 +360,11 @@ def trust_update(state: TrustState, client_ids: jax.Array,
   ids = client_ids.astype(jnp.int32)
   ref = (valid & jnp.all(jnp.isfinite(flat_updates), axis=1)
          & (ids >= 0) & (ids < num_clients))
-  score, agree, rho, ok = row_scores(flat_updates, ref, cfg, reference)
+  # Quarantined clients are scored but are not references (module doc).
+  free = ref & ~state.quarantined[jnp.clip(ids, 0, num_clients - 1)]
+  free = jnp.where(jnp.sum(free.astype(jnp.int32)) >= 2, free, ref)
+  score, agree, rho, ok = row_scores(flat_updates, ref, cfg, reference,
+                                     references=free)
   ok = ok if scored is None else ok & scored
 
   # Sequential discounting over a client's rows in closed form: row k is
