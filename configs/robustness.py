@@ -5,6 +5,13 @@ on the asynchronous demo (configs/fmnist_hybrid.py), for
 Experiment names are `<pipeline>__<attack>__<percent>__s<seed>`; the
 no-attack run of a pipeline is `<pipeline>__none__0__s<seed>`. The set
 "tiny" is the same grid on configs/tiny.py for tests.
+
+The set "backdoor" measures norm bounding against the backdoor (Sun et al.
+2019, "Can You Really Backdoor Federated Learning?"): the default pipeline
+with every update first clipped to `aggregator.norm_clip` (0: none; 0.5
+and 0.25: about the median and half the median honest update norm on the
+demo, 0.46), under 5%, 10% and 20% backdoor clients and without attack.
+Names: `bound<norm_clip>__<attack>__<percent>__s0`.
 """
 from configs import fmnist_hybrid
 from configs import tiny
@@ -65,11 +72,31 @@ def _grid(base, extra):
   return exps
 
 
+BACKDOOR_FRACTIONS = (0.05, 0.1, 0.2)
+NORM_BOUNDS = (0.0, 0.5, 0.25)
+
+
+def _backdoor_grid():
+  exps = []
+  for bound in NORM_BOUNDS:
+    clip = {"aggregator": {"norm_clip": bound}, "seed": 0}
+    exps.append((f"bound{bound}__none__0__s0", fmnist_hybrid, clip))
+    for fraction in BACKDOOR_FRACTIONS:
+      exps.append((f"bound{bound}__backdoor__{round(100 * fraction)}__s0",
+                   fmnist_hybrid, {**clip, "attack": {
+                       "kind": "backdoor", "fraction": fraction}}))
+  return exps
+
+
 def get_experiments(arg=None):
-  """`arg`: None or "demo" (Fashion-MNIST, 70 versions), or "tiny"."""
+  """`arg`: None or "demo" (Fashion-MNIST, 70 versions), "tiny", or
+  "backdoor" (norm bounds against the backdoor, module doc)."""
   if arg in (None, "demo"):
     return _grid(fmnist_hybrid, {})
   if arg == "tiny":
     return _grid(tiny, {"stop": {"max_versions": 6},
                         "eval": {"every_versions": 3}, "num_clients": 20})
-  raise ValueError(f"unknown experiment set {arg!r}; known: demo, tiny")
+  if arg == "backdoor":
+    return _backdoor_grid()
+  raise ValueError(f"unknown experiment set {arg!r}; known: demo, tiny, "
+                   "backdoor")

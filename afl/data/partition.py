@@ -110,7 +110,9 @@ def from_assignment(example_ids: np.ndarray, client_of: np.ndarray,
   return from_sizes(example_ids[order], sizes)
 
 
-def _check_enough(num_examples: int, num_clients: int, min_size: int):
+def check_enough(num_examples: int, num_clients: int, min_size: int):
+  """Raises ValueError unless num_examples can give num_clients >= 1
+  clients min_size >= 0 examples each."""
   if num_clients < 1:
     raise ValueError(f"num_clients must be >= 1, got {num_clients}")
   if min_size < 0:
@@ -139,7 +141,7 @@ def iid(num_examples: int, num_clients: int, rng: np.random.Generator, *,
   >>> p.sizes().tolist()
   [4, 3, 3]
   """
-  _check_enough(num_examples, num_clients, min_size)
+  check_enough(num_examples, num_clients, min_size)
   base, extra = divmod(num_examples, num_clients)
   sizes = np.full(num_clients, base, np.int64)
   sizes[:extra] += 1
@@ -206,7 +208,7 @@ def dirichlet(labels: np.ndarray, num_clients: int, alpha: float,
   if not alpha > 0:
     raise ValueError(f"alpha must be > 0, got {alpha}")
   num_examples = labels.size
-  _check_enough(num_examples, num_clients, min_size)
+  check_enough(num_examples, num_clients, min_size)
   classes, labels_dense = np.unique(labels, return_inverse=True)
   by_class = np.argsort(labels_dense, kind="stable")
   class_counts = np.bincount(labels_dense, minlength=classes.size)
@@ -258,7 +260,7 @@ def quantity_skew(num_examples: int, num_clients: int, sigma: float,
   """
   if not sigma >= 0:
     raise ValueError(f"sigma must be >= 0, got {sigma}")
-  _check_enough(num_examples, num_clients, min_size)
+  check_enough(num_examples, num_clients, min_size)
   weights = rng.lognormal(0.0, sigma, num_clients)
   rest = num_examples - min_size * num_clients
   share = weights / weights.sum() * rest
