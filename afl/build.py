@@ -23,6 +23,7 @@ from afl import models
 from afl import optim
 from afl import sampling as sampling_lib
 from afl.config import ExperimentConfig
+from afl.data import hf_local
 from afl.data import loaders
 from afl.data import partition as partition_lib
 from afl.data import text as text_lib
@@ -72,11 +73,18 @@ def load_data(cfg: ExperimentConfig, log: Callable = print):
 
 def _load_data(cfg: ExperimentConfig, log: Callable):
   d = cfg.data
+  tokenizer = lambda: d.tokenizer or (
+      models.resolve_checkpoint(cfg.model.checkpoint)
+      if cfg.model.checkpoint else None)
+  if hf_local.is_local(d.name):
+    return hf_local.load_folder(
+        d.name, image_key=d.hf_image_key, text_key=d.text_key,
+        label_key=d.hf_label_key, test_split=d.test_split, seed=cfg.seed,
+        max_length=d.max_length, tokenizer=tokenizer,
+        train_limit=d.train_limit, test_limit=d.test_limit, log=log)
   if d.name in text_lib.CORPORA:
-    tokenizer = d.tokenizer or (models.resolve_checkpoint(cfg.model.checkpoint)
-                                if cfg.model.checkpoint else None)
     return text_lib.load_text_dataset(
-        d.name, tokenizer_path=tokenizer, max_length=d.max_length,
+        d.name, tokenizer_path=tokenizer(), max_length=d.max_length,
         seed=cfg.seed, train_limit=d.train_limit, test_limit=d.test_limit,
         log=log)
   kwargs = dict(allow_download=d.allow_download, log=log,

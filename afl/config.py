@@ -55,6 +55,8 @@ class DataConfig(config_tree.Component):
   test_limit: int = 0
   hf_image_key: str = "image"
   hf_label_key: str = "label"
+  text_key: str = "text"  # a local HF folder's text column (afl.data.hf_local)
+  test_split: str = "test"  # its test split (one split: a seeded 10%)
   allow_download: bool = True
   # Text corpora (afl.data.text.CORPORA): tokens per example, tokenizer
   # folder ("" = the model checkpoint's, else the packaged MiniLM's).

@@ -141,9 +141,7 @@ def load_hf(hf_id: str, *, image_key: str, label_key: str,
   train = ds["train"]
   test_name = next((s for s in ("test", "validation", "valid") if s in ds),
                    None)
-  if label_key not in train.column_names:
-    raise ValueError(f"{hf_id}: no label column {label_key!r}; columns are "
-                     f"{train.column_names} (set hf_label_key)")
+  check_column(hf_id, train, label_key, "hf_label_key")
   image_key = _pick_image_key(hf_id, train, image_key)
   train_x, train_y = _hf_split_arrays(hf_id, train, image_key, label_key)
   if test_name is None:
@@ -157,23 +155,52 @@ def load_hf(hf_id: str, *, image_key: str, label_key: str,
   else:
     test_x, test_y = _hf_split_arrays(hf_id, ds[test_name], image_key,
                                       label_key)
-  feature = train.features.get(label_key)
+  train_y, test_y, names = label_ids(train.features.get(label_key), train_y,
+                                     test_y)
+  return train_x, train_y, test_x, test_y, len(names)
+
+
+def image_arrays(name: str, train, test, image_key: str, label_key: str):
+  """Two `datasets.Dataset` splits -> (train_x, train_y, test_x, test_y,
+  num_classes), images as uint8 NHWC (`image_key`: the column, or the one
+  Image-typed column)."""
+  check_column(name, train, label_key, "hf_label_key")
+  image_key = _pick_image_key(name, train, image_key)
+  for split, what in ((train, "train"), (test, "test")):
+    check_column(f"{name} ({what} split)", split, image_key, "hf_image_key")
+    check_column(f"{name} ({what} split)", split, label_key, "hf_label_key")
+  train_x, train_y = _hf_split_arrays(name, train, image_key, label_key)
+  test_x, test_y = _hf_split_arrays(name, test, image_key, label_key)
+  train_y, test_y, names = label_ids(train.features.get(label_key), train_y,
+                                     test_y)
+  return train_x, train_y, test_x, test_y, len(names)
+
+
+def check_column(name: str, split, key: str, config_key: str):
+  if key not in split.column_names:
+    raise ValueError(f"{name}: no column {key!r}; columns are "
+                     f"{split.column_names} (set data.{config_key})")
+
+
+def label_ids(feature, train_y, test_y):
+  """Label values -> (int64 train ids, int64 test ids, class names).
+
+  A ClassLabel feature keeps its ids and names; plain integers are kept
+  (names "0" .. str(max)); anything else is numbered in sorted order, so
+  that the mapping is the same in every run.
+  """
   names = getattr(feature, "names", None)
   if names:
-    num_classes = len(names)
-    train_y = np.asarray(train_y, np.int64)
-    test_y = np.asarray(test_y, np.int64)
-  else:
-    # Plain values: integers are kept, anything else is indexed in sorted
-    # order so that the mapping is the same in every run.
-    values = sorted(set(train_y) | set(test_y))
-    if all(isinstance(v, (int, np.integer)) for v in values):
-      train_y = np.asarray(train_y, np.int64)
-      test_y = np.asarray(test_y, np.int64)
-      num_classes = int(max(values)) + 1
-    else:
-      index = {v: i for i, v in enumerate(values)}
-      train_y = np.asarray([index[v] for v in train_y], np.int64)
-      test_y = np.asarray([index[v] for v in test_y], np.int64)
-      num_classes = len(values)
-  return train_x, train_y, test_x, test_y, num_classes
+    return (np.asarray(train_y, np.int64), np.asarray(test_y, np.int64),
+            tuple(names))
+  values = sorted(set(train_y) | set(test_y))
+  if all(isinstance(v, (int, np.integer)) for v in values):
+    if values and min(values) < 0:
+      raise ValueError(f"labels must be >= 0, got {min(values)}")
+    top = int(max(values)) + 1 if values else 0
+    return (np.asarray(train_y, np.int64), np.asarray(test_y, np.int64),
+            tuple(str(i) for i in range(top)))
+  index = {v: i for i, v in enumerate(values)}
+  return (np.asarray([index[v] for v in train_y], np.int64),
+          np.asarray([index[v] for v in test_y], np.int64),
+          tuple(str(v) for v in values))
