@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from afl.aggregators import trust
+from afl.aggregators import trust_scores
 from afl.config import build_config
 from afl.simulation import Simulation
 from configs import tiny
@@ -63,7 +64,7 @@ def test_leave_one_out_median_matches_numpy(k):
     x = (rng.integers(-2, 3, (k, 41)) if trial % 2
          else rng.standard_normal((k, 41))).astype(np.float32)
     valid = rng.random(k) < 0.8
-    got = np.asarray(trust.leave_one_out_median(jnp.asarray(x),
+    got = np.asarray(trust_scores.leave_one_out_median(jnp.asarray(x),
                                                 jnp.asarray(valid)))
     for i in range(k):
       others = valid & (np.arange(k) != i)
@@ -76,7 +77,7 @@ def test_leave_one_out_median_over_column_blocks():
   # D above one sorting block: blocks must join without seams.
   rng = np.random.default_rng(0)
   x = rng.standard_normal((6, 20000)).astype(np.float32)
-  got = np.asarray(trust.leave_one_out_median(jnp.asarray(x),
+  got = np.asarray(trust_scores.leave_one_out_median(jnp.asarray(x),
                                               jnp.ones(6, bool)))
   for i in range(6):
     np.testing.assert_allclose(got[i], np.median(np.delete(x, i, 0), 0),
@@ -92,7 +93,7 @@ def test_row_scores_closed_forms():
                  [10.0, 10.0, 10.0, 10.0],  # agrees, 20/2 = 10x too long
                  [9.0, 9.0, 9.0, 9.0]])     # invalid below
   valid = jnp.array([True] * 6 + [False])
-  score, agree, rho, _ = trust.row_scores(x, valid, CFG)
+  score, agree, rho, _ = trust_scores.row_scores(x, valid, CFG)
   chex.assert_trees_all_close(agree, jnp.array([1, 0.5, 1, 1, -1, 1, 0]),
                               atol=1e-6)
   norms = np.linalg.norm(np.asarray(x)[:6], axis=1)
@@ -107,9 +108,9 @@ def test_row_scores_closed_forms():
   assert excess[5] > 0 and not any(excess[:5])
   # Zero rows have no signs (agreement 0, no penalty); one valid row alone
   # has no reference.
-  z = trust.row_scores(jnp.zeros((3, 4)), jnp.ones(3, bool), CFG)
+  z = trust_scores.row_scores(jnp.zeros((3, 4)), jnp.ones(3, bool), CFG)
   chex.assert_trees_all_equal(z[0], jnp.zeros(3))
-  one = trust.row_scores(x[:2], jnp.array([True, False]), CFG)
+  one = trust_scores.row_scores(x[:2], jnp.array([True, False]), CFG)
   chex.assert_trees_all_equal(one[0], jnp.zeros(2))
 
 
@@ -122,7 +123,7 @@ def test_row_scores_against_a_reference():
   x[3] *= 9.0
   g = rng.normal(size=12).astype(np.float32)
   valid = np.array([True, True, False, True, True])
-  score, agree, rho, ok = trust.row_scores(jnp.asarray(x), jnp.asarray(valid),
+  score, agree, rho, ok = trust_scores.row_scores(jnp.asarray(x), jnp.asarray(valid),
                                            CFG, jnp.asarray(g))
   want_agree = np.sign(x) @ np.sign(g) / 12.0
   want_rho = np.linalg.norm(x, axis=1) / np.linalg.norm(g)
@@ -132,12 +133,12 @@ def test_row_scores_against_a_reference():
                              atol=1e-6)
   np.testing.assert_allclose(np.asarray(score), want, atol=1e-5)
   assert pen[3] > 0 and np.asarray(ok).tolist() == valid.tolist()
-  alone = trust.row_scores(jnp.asarray(x), jnp.asarray(valid & (np.arange(5)
+  alone = trust_scores.row_scores(jnp.asarray(x), jnp.asarray(valid & (np.arange(5)
                                                                 == 0)),
                            CFG, jnp.asarray(g))
   assert float(alone[0][0]) == pytest.approx(float(want[0]), abs=1e-5)
   for bad in (np.zeros(12), np.full(12, np.nan)):
-    out = trust.row_scores(jnp.asarray(x), jnp.asarray(valid), CFG,
+    out = trust_scores.row_scores(jnp.asarray(x), jnp.asarray(valid), CFG,
                            jnp.asarray(bad, jnp.float32))
     assert not np.asarray(out[3]).any() and not np.asarray(out[0]).any()
 
@@ -270,7 +271,7 @@ def test_leave_one_out_median_outside_rows_get_the_whole_median():
     valid = np.arange(k) < k - 2
     outside = ~valid
     outside[-1] = False  # neither: 0
-    got = np.asarray(trust.leave_one_out_median(
+    got = np.asarray(trust_scores.leave_one_out_median(
         jnp.asarray(x), jnp.asarray(valid), jnp.asarray(outside)))
     np.testing.assert_allclose(got[k - 2], np.median(x[valid], axis=0),
                                atol=1e-6)
@@ -287,7 +288,7 @@ def test_max_cosine_with_others_matches_numpy():
   x[2] = 3.0 * x[5]  # a scaled copy: cosine 1
   x[4] = 0.0  # no direction
   valid = np.array([True, True, True, True, True, True, False])
-  got = np.asarray(trust.max_cosine_with_others(jnp.asarray(x),
+  got = np.asarray(trust_scores.max_cosine_with_others(jnp.asarray(x),
                                                 jnp.asarray(valid)))
   u = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
   for k in range(7):
@@ -298,7 +299,7 @@ def test_max_cosine_with_others_matches_numpy():
   assert got[2] == pytest.approx(1.0, abs=1e-6)
   # Entries up to float32 max (squares overflow) still give cosines.
   huge = np.stack([x[0], x[0], x[1]]) * np.float32(1e37)
-  out = np.asarray(trust.max_cosine_with_others(jnp.asarray(huge),
+  out = np.asarray(trust_scores.max_cosine_with_others(jnp.asarray(huge),
                                                 jnp.ones(3, bool)))
   assert np.all(np.isfinite(out)) and out[0] == pytest.approx(1.0, abs=1e-5)
 
@@ -313,10 +314,10 @@ def test_duplicate_penalty_closed_form():
   valid = jnp.ones(6, bool)
   cfg = trust.TrustConfig(duplicate_tolerance=0.9, duplicate_penalty=0.7)
   off = trust.TrustConfig(duplicate_tolerance=0.9, duplicate_penalty=0.0)
-  score, agree, _, _ = trust.row_scores(jnp.asarray(x), valid, cfg)
-  base, agree0, _, _ = trust.row_scores(jnp.asarray(x), valid, off)
+  score, agree, _, _ = trust_scores.row_scores(jnp.asarray(x), valid, cfg)
+  base, agree0, _, _ = trust_scores.row_scores(jnp.asarray(x), valid, off)
   chex.assert_trees_all_equal(agree, agree0)
-  c = np.asarray(trust.max_cosine_with_others(jnp.asarray(x), valid))
+  c = np.asarray(trust_scores.max_cosine_with_others(jnp.asarray(x), valid))
   want = np.clip(np.asarray(base) - 0.7 * np.maximum(0, (c - 0.9) / 0.1),
                  -1, 1)
   np.testing.assert_allclose(np.asarray(score), want, atol=1e-5)
