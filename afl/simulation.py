@@ -302,6 +302,12 @@ class Simulation:
     writer.close(summary, self.history.staleness_hist, self.history.records)
     if self.workdir and self.history.trust_snapshots:
       self._write_trust()
+    if self.workdir and cfg.model.entry.prop("hf") and (
+        self.divergence is None):
+      from afl.models import peft_io  # pylint: disable=g-import-not-at-top
+      peft_io.export_run(self.workdir, cfg.model, self.server.params,
+                         self.c.data.frozen, self.c.dataset.num_classes,
+                         self.log)
     return summary
 
   def _write_trust(self):

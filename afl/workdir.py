@@ -23,7 +23,8 @@ RUN_FILES = frozenset({
     "config.json", "metrics.jsonl", "summary.json", "log.txt", "report.md",
     "malicious.json", "trust.npz", "trust.png", "accuracy.png",
     "staleness.png"})
-RUN_DIRS = frozenset({"checkpoints", "checkpoints_damaged", "tensorboard"})
+RUN_DIRS = frozenset({"checkpoints", "checkpoints_damaged", "tensorboard",
+                      "adapter", "merged"})
 
 
 class WorkdirError(OSError):

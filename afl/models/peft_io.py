@@ -197,3 +197,27 @@ def export_merged(out_dir: str, base, adapters, *, model_type: str,
   save_file(tensors, os.path.join(out_dir, "model.safetensors"))
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     json.dump(config, f, indent=2)
+
+
+def export_run(workdir: str, model_cfg, params, frozen, num_classes: int,
+               log):
+  """At the end of a run of an `hf` family: `workdir/adapter` (PEFT; not
+  for rank 0, which has no adapters) and `workdir/merged` (transformers)."""
+  from afl import models  # pylint: disable=g-import-not-at-top
+  from afl.models import hf_checkpoint  # pylint: disable=g-import-not-at-top
+  p = model_cfg.params
+  lora_cfg = lora_lib.LoRAConfig(rank=p.lora_rank, alpha=p.lora_alpha,
+                                 targets=tuple(p.lora_targets))
+  base = str(hf_checkpoint.resolve_checkpoint(
+      models.resolve_checkpoint(p.checkpoint), model_cfg.name))
+  kw = dict(model_type=model_cfg.name, lora_cfg=lora_cfg, pooling=p.pooling,
+            num_classes=num_classes)
+  wrote = []
+  if lora_cfg.rank > 0:
+    export_adapter(os.path.join(workdir, "adapter"), params, base_model=base,
+                   **kw)
+    wrote.append("adapter/ (peft)")
+  export_merged(os.path.join(workdir, "merged"), frozen, params,
+                base_checkpoint=base, **kw)
+  wrote.append("merged/ (transformers)")
+  log(f"lora: wrote {' and '.join(wrote)} in {workdir}")
