@@ -36,14 +36,14 @@ def get_config(arg=None):
   c.aggregator.update(name="centered_clip", tau=1.0, iters=3,
                       byzantine_fraction=0.3)
   # Trust scores each update against the median of the others in good
-  # standing, minus up to 1 for being a near copy (cosine > 0.99) of
+  # standing, minus up to 0.5 for being a near copy (cosine > 0.99) of
   # another update of the buffer; a client is quarantined when its mean
   # score (shrunk by 2 pseudo-arrivals) is below 0 and a robust-z outlier
   # (z < -3 against the clients in good standing) after 3 arrivals,
   # released above z = -2 (README, "Trust").
   c.trust.update(enabled=True, decay=0.9, prior_count=2.0, min_count=3,
                  z_enter=3.0, z_release=2.0, agreement_floor=0.0,
-                 duplicate_tolerance=0.99, duplicate_penalty=1.0,
+                 duplicate_tolerance=0.99, duplicate_penalty=0.5,
                  quarantine_scale=0.1)
   c.stop.update(max_versions=70)
   c.eval.update(every_versions=10, batch_size=2000)

@@ -135,7 +135,7 @@ class TrustConfig:
   norm_tolerance: float = 2.0
   norm_penalty: float = 0.5
   duplicate_tolerance: float = 0.99
-  duplicate_penalty: float = 1.0
+  duplicate_penalty: float = 0.5
   quarantine_scale: float = 0.1
 
   def __post_init__(self):
