@@ -186,7 +186,7 @@ def test_make_by_name():
     part = P.make(name, y, 10, np.random.default_rng(0), min_size=5)
     _assert_exact_cover(part, y.size)
   with pytest.raises(ValueError, match="unknown partition"):
-    P.make("shards", y, 10, np.random.default_rng(0))
+    P.make("pathological", y, 10, np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("call,match", [
