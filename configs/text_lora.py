@@ -10,7 +10,8 @@ from afl import config as afl_config
 
 
 def get_config(arg=None):
-  del arg
+  """`arg`: None, or "tiny": 8 clients, 160 texts of 8 tokens, 2 versions
+  (tests)."""
   c = afl_config.base_config()
   c.seed = 0
   c.num_clients = 40
@@ -28,4 +29,15 @@ def get_config(arg=None):
   c.aggregator.update(name="mean")
   c.stop.update(max_versions=40)
   c.eval.update(every_versions=10, batch_size=200)
+  if arg == "tiny":
+    c.num_clients, c.concurrency = 8, 2
+    c.data.update(max_length=8, train_limit=160, test_limit=40,
+                  min_shard_size=5)
+    c.client.update(local_steps=1, batch_size=4)
+    c.server.buffer_size = 2
+    c.stop.max_versions = 2
+    c.eval.every_versions = 2
+    c.logging.update(progress=False, plots=False)
+  elif arg is not None:
+    raise ValueError(f"unknown text_lora variant {arg!r}; known: tiny")
   return c

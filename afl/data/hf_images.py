@@ -141,20 +141,18 @@ def load_hf(hf_id: str, *, image_key: str, label_key: str,
   train = ds["train"]
   test_name = next((s for s in ("test", "validation", "valid") if s in ds),
                    None)
+  if test_name is not None:
+    return image_arrays(hf_id, train, ds[test_name], image_key, label_key)
   check_column(hf_id, train, label_key, "hf_label_key")
   image_key = _pick_image_key(hf_id, train, image_key)
   train_x, train_y = _hf_split_arrays(hf_id, train, image_key, label_key)
-  if test_name is None:
-    # A fixed 90/10 cut, so the held-out set is the same in every run.
-    log(f"data: {hf_id} has no test split; holding out 10% of train")
-    perm = np.random.default_rng(0).permutation(len(train_y))
-    cut = len(perm) - max(1, len(perm) // 10)
-    train_y = np.asarray(train_y, dtype=object)
-    test_x, test_y = train_x[perm[cut:]], list(train_y[perm[cut:]])
-    train_x, train_y = train_x[perm[:cut]], list(train_y[perm[:cut]])
-  else:
-    test_x, test_y = _hf_split_arrays(hf_id, ds[test_name], image_key,
-                                      label_key)
+  # A fixed 90/10 cut, so the held-out set is the same in every run.
+  log(f"data: {hf_id} has no test split; holding out 10% of train")
+  perm = np.random.default_rng(0).permutation(len(train_y))
+  cut = len(perm) - max(1, len(perm) // 10)
+  train_y = np.asarray(train_y, dtype=object)
+  test_x, test_y = train_x[perm[cut:]], list(train_y[perm[cut:]])
+  train_x, train_y = train_x[perm[:cut]], list(train_y[perm[:cut]])
   train_y, test_y, names = label_ids(train.features.get(label_key), train_y,
                                      test_y)
   return train_x, train_y, test_x, test_y, len(names)
