@@ -76,12 +76,12 @@ def _load_data(cfg: ExperimentConfig, log: Callable):
   tokenizer = lambda: d.tokenizer or (
       models.resolve_checkpoint(cfg.model.checkpoint)
       if cfg.model.checkpoint else None)
+  hf = dict(image_key=d.hf_image_key, text_key=d.text_key,
+            label_key=d.hf_label_key, test_split=d.test_split, seed=cfg.seed,
+            max_length=d.max_length, tokenizer=tokenizer,
+            train_limit=d.train_limit, test_limit=d.test_limit, log=log)
   if hf_local.is_local(d.name):
-    return hf_local.load_folder(
-        d.name, image_key=d.hf_image_key, text_key=d.text_key,
-        label_key=d.hf_label_key, test_split=d.test_split, seed=cfg.seed,
-        max_length=d.max_length, tokenizer=tokenizer,
-        train_limit=d.train_limit, test_limit=d.test_limit, log=log)
+    return hf_local.load_folder(d.name, **hf)
   if d.name in text_lib.CORPORA:
     return text_lib.load_text_dataset(
         d.name, tokenizer_path=tokenizer(), max_length=d.max_length,
@@ -90,6 +90,8 @@ def _load_data(cfg: ExperimentConfig, log: Callable):
   kwargs = dict(allow_download=d.allow_download, log=log,
                 hf_image_key=d.hf_image_key, hf_label_key=d.hf_label_key,
                 train_limit=d.train_limit, test_limit=d.test_limit)
+  if loaders.canonical(d.name) not in loaders.BUILTIN:
+    return hf_local.load_hub(d.name, allow_download=d.allow_download, **hf)
   if d.name == "synthetic":
     kwargs.update(num_train=d.synthetic_train, num_test=d.synthetic_test,
                   shape=tuple(d.synthetic_shape),

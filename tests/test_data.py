@@ -273,6 +273,15 @@ class _Split:
   def __getitem__(self, key):
     return self._columns[key]
 
+  def _select(self, ids):
+    return _Split({k: [v[i] for i in ids] for k, v in self._columns.items()},
+                  self.features)
+
+  def train_test_split(self, test_size, seed):
+    ids = np.random.default_rng(seed).permutation(len(self))
+    cut = len(ids) - int(np.ceil(test_size * len(ids)))
+    return {"train": self._select(ids[:cut]), "test": self._select(ids[cut:])}
+
 
 def _fake_datasets(splits, calls):
   def load_dataset(name):

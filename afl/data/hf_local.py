@@ -1,15 +1,18 @@
-"""HuggingFace datasets from a local folder, as image or text datasets.
+"""HuggingFace datasets from a local folder or the Hub, as image or text
+datasets.
 
-`data.name` may be a folder holding, in this order of precedence,
+`data.name` may be a Hub id (`load_hub`: online, or from the HF cache with
+HF_DATASETS_OFFLINE=1) or a folder holding, in this order of precedence,
   - what `Dataset.save_to_disk` or `DatasetDict.save_to_disk` wrote,
   - parquet, arrow, csv or jsonl files (one format; a file whose name
     starts with "train", "test", "validation" or "valid" belongs to that
     split, any other to train),
   - an `imagefolder` tree (class subfolders of images, optionally under
     train/ and test/ folders).
-It is read with the `datasets` package, never contacting the Hub. The
-splits are `train` and `data.test_split` ("test"); when the folder holds
-only one split, a seeded 10% of it is held out as test (logged). A dataset
+A folder is read with the `datasets` package, never contacting the Hub.
+The splits are `train` and `data.test_split` ("test", else "validation");
+when there is only one split, a seeded 10% of it is held out as test
+(logged; `hf_images.pick_splits`). A dataset
 with an image column (`data.hf_image_key`, or its one Image-typed column)
 becomes an `ImageDataset` (images converted to arrays once, standardized
 with train statistics); otherwise `data.text_key` names the text column,
@@ -30,7 +33,6 @@ from afl.data.image_dataset import make_image_dataset
 _FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv",
             ".jsonl": "json", ".json": "json"}
 _SPLITS = ("train", "test", "validation", "valid")
-HELD_OUT = 0.1
 
 
 def is_local(name: str) -> bool:
@@ -79,45 +81,46 @@ def open_folder(path: str):
                    "an imagefolder tree of class folders)")
 
 
-def pick_splits(name: str, dd, test_split: str, seed: int,
-                log: Callable[[str], None]):
-  """(train, test) `datasets.Dataset`s of `dd` (module doc)."""
-  splits = list(dd)
-  if len(splits) == 1:
-    only = dd[splits[0]]
-    if len(only) < 2:
-      raise ValueError(f"{name}: its one split {splits[0]!r} has "
-                       f"{len(only)} example(s); nothing to hold out")
-    log(f"data: {name} has one split ({splits[0]!r}); holding out a seeded "
-        f"{HELD_OUT:.0%} of it as test (seed {seed})")
-    cut = only.train_test_split(test_size=HELD_OUT, seed=seed)
-    return cut["train"], cut["test"]
-  if "train" not in dd:
-    raise ValueError(f"{name}: no 'train' split; splits are {splits}")
-  if test_split not in dd:
-    raise ValueError(f"{name}: no split {test_split!r}; splits are {splits} "
-                     "(set data.test_split)")
-  return dd["train"], dd[test_split]
-
-
 def _has_images(split, image_key: str) -> bool:
   return image_key in split.column_names or any(
       type(f).__name__ == "Image" for f in split.features.values())
 
 
-def load_folder(path: str, *, image_key: str, text_key: str, label_key: str,
-                test_split: str, seed: int, max_length: int,
-                tokenizer: Callable[[], str | None], train_limit: int = 0,
-                test_limit: int = 0, log: Callable[[str], None] = print):
-  """A local HuggingFace dataset folder -> `ImageDataset` or `TextDataset`;
-  `tokenizer()` gives the tokenizer folder for text (None: the packaged
-  MiniLM's), called only for text."""
-  dd = open_folder(path)
-  name = os.path.basename(os.path.normpath(path))
-  train, test = pick_splits(path, dd, test_split, seed, log)
-  source = f"huggingface folder {path}"
+def load_folder(path: str, **kwargs):
+  """A local HuggingFace dataset folder -> `ImageDataset` or `TextDataset`
+  (`from_dataset_dict`'s keyword arguments)."""
+  return from_dataset_dict(open_folder(path), path,
+                           os.path.basename(os.path.normpath(path)),
+                           f"huggingface folder {path}", **kwargs)
+
+
+def load_hub(hf_id: str, *, allow_download: bool, **kwargs):
+  """A HuggingFace Hub dataset id (online, or from the HF cache with
+  HF_DATASETS_OFFLINE=1) -> `ImageDataset` or `TextDataset`; a dataset
+  that cannot be had here is a one-line FileNotFoundError saying why."""
+  try:
+    dd = hf_images.open_hub(hf_id, allow_download=allow_download)
+  except hf_images.Unavailable as e:
+    raise FileNotFoundError(
+        f"config.data.name: {hf_id!r} is not a folder, a built-in dataset "
+        f"or a text corpus, and as a HuggingFace dataset id: {e}") from None
+  return from_dataset_dict(dd, hf_id, hf_id.replace("/", "_"),
+                           f"huggingface:{hf_id}", **kwargs)
+
+
+def from_dataset_dict(dd, where: str, name: str, source: str, *,
+                      image_key: str, text_key: str, label_key: str,
+                      test_split: str, seed: int, max_length: int,
+                      tokenizer: Callable[[], str | None],
+                      train_limit: int = 0, test_limit: int = 0,
+                      log: Callable[[str], None] = print):
+  """A `datasets.DatasetDict` -> `ImageDataset` (when it has an image
+  column) or `TextDataset`; `where` names it in errors, `tokenizer()` gives
+  the tokenizer folder for text (None: the packaged MiniLM's), called only
+  for text."""
+  train, test = hf_images.pick_splits(where, dd, test_split, seed, log)
   if _has_images(train, image_key):
-    *raw, num_classes = hf_images.image_arrays(path, train, test, image_key,
+    *raw, num_classes = hf_images.image_arrays(where, train, test, image_key,
                                                label_key)
     ds = make_image_dataset(name, tuple(raw), num_classes, source,
                             train_limit=train_limit, test_limit=test_limit)
@@ -128,7 +131,7 @@ def load_folder(path: str, *, image_key: str, text_key: str, label_key: str,
   for split, what in ((train, "train"), (test, "test")):
     for key, config_key in ((text_key, "text_key"),
                             (label_key, "hf_label_key")):
-      hf_images.check_column(f"{path} ({what} split)", split, key,
+      hf_images.check_column(f"{where} ({what} split)", split, key,
                              config_key)
   if train_limit:
     train = train.select(range(min(train_limit, len(train))))

@@ -40,7 +40,7 @@ _HF_IDS = {
 }
 
 
-def _canonical(name: str) -> str:
+def canonical(name: str) -> str:
   key = name.strip().lower().replace("-", "_")
   aliases = {"fashionmnist": "fashion_mnist", "cifar_10": "cifar10"}
   key = aliases.get(key, key)
@@ -78,7 +78,7 @@ def load_image_dataset(name: str, data_dir: str | None = None, *,
       has it.
     ValueError: when a file is found but malformed (naming the file).
   """
-  key = _canonical(name)
+  key = canonical(name)
   if synthetic_kwargs and key != "synthetic":
     raise TypeError(f"{name}: unexpected arguments {sorted(synthetic_kwargs)} "
                     f"(only 'synthetic' takes size arguments)")
