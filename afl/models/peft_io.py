@@ -6,7 +6,10 @@ lora_alpha, target_modules, base_model_name_or_path) and
 `adapter_model.safetensors` with PEFT's names: for each adapted layer
 `base_model.model.<module>.lora_A.weight` = A^T [r, in] and `.lora_B.weight`
 = B^T [out, r] (afl's A is [in, r], B [r, out]; PEFT scales by alpha / r as
-afl does). Where afl's head is the one of a transformers class (BERT with
+afl does). `<module>` is the module's name in transformers' PyTorch model:
+for BERT the checkpoint's names, for ViT those of transformers >= 5.9
+(`layers.N.attention.q_proj`, `mlp.fc1`; its checkpoints keep the 4.x
+`encoder.layer.N.attention.attention.query`), and import reads both. Where afl's head is the one of a transformers class (BERT with
 pooling=pooler: BertForSequenceClassification; ViT with pooling=cls:
 ViTForImageClassification), module names are those of that class and the
 head goes in the adapter as `modules_to_save` (`classifier`), so
@@ -26,6 +29,7 @@ it, and `AutoModelFor...Classification` too where the head matches.
 """
 import json
 import os
+import re
 
 import numpy as np
 from flax import traverse_util
@@ -51,9 +55,44 @@ def _strip(tree):
   return tree.get("params", tree)
 
 
+# transformers >= 5.9 names ViT's modules differently from its checkpoint
+# tensors (which keep the 4.x names): PEFT's names are the modules'.
+_VIT_MODULES = (
+    (r"encoder\.layer\.(\d+)\.attention\.attention\.query$",
+     r"layers.\1.attention.q_proj"),
+    (r"encoder\.layer\.(\d+)\.attention\.attention\.key$",
+     r"layers.\1.attention.k_proj"),
+    (r"encoder\.layer\.(\d+)\.attention\.attention\.value$",
+     r"layers.\1.attention.v_proj"),
+    (r"encoder\.layer\.(\d+)\.attention\.output\.dense$",
+     r"layers.\1.attention.o_proj"),
+    (r"encoder\.layer\.(\d+)\.intermediate\.dense$", r"layers.\1.mlp.fc1"),
+    (r"encoder\.layer\.(\d+)\.output\.dense$", r"layers.\1.mlp.fc2"),
+)
+
+
+def peft_module(name: str, model_type: str) -> str:
+  """A checkpoint module name (4.x layout, as `hf_name` gives) -> the name
+  of that module in transformers' PyTorch model, which PEFT uses; names
+  already in the module layout are kept."""
+  if model_type == "vit":
+    for pattern, repl in _VIT_MODULES:
+      name = re.sub(pattern, repl, name)
+  return name
+
+
 def _module(path, model_type: str, full: bool) -> str:
   name = hf_name(tuple(path[:-1]) + ("kernel",))[:-len(".weight")]
-  return name if full else name[len(model_type) + 1:]
+  return peft_module(name if full else name[len(model_type) + 1:],
+                     model_type)
+
+
+def _canonical_key(key: str, model_type: str) -> str:
+  """A PEFT tensor name in either ViT layout -> the one afl writes."""
+  if ".lora_" not in key:
+    return key
+  module, rest = key.rsplit(".lora_", 1)
+  return f"{peft_module(module, model_type)}.lora_{rest}"
 
 
 def adapter_tensors(adapters, model_type: str, pooling: str):
@@ -130,7 +169,8 @@ def import_adapter(path: str, template, *, model_type: str,
       raise ValueError(f"{cfg_path}: {key}={config.get(key)} but the config "
                        f"has model.lora_{'rank' if key == 'r' else 'alpha'}="
                        f"{want}")
-  got = load_file(os.path.join(path, ADAPTER_WEIGHTS))
+  got = {_canonical_key(k, model_type): v
+         for k, v in load_file(os.path.join(path, ADAPTER_WEIGHTS)).items()}
   head_file = os.path.join(path, HEAD_WEIGHTS)
   want_peft, want_head = adapter_tensors(template, model_type, pooling)
   if want_head is not None:
