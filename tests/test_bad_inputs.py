@@ -513,7 +513,7 @@ def test_out_of_memory_recognised(err, want):
 @pytest.mark.parametrize("overrides,key", [
     (dict(name="fashion_mnist", dir="/nonexistent/fmnist"), "data.dir"),
     (dict(name="fashion_mnist", dir="notes.txt"), "data.dir"),
-    (dict(name="no_such_dataset"), None),
+    (dict(name="no_such_dataset"), "data.name"),
 ])
 def test_data_source_refused_before_any_work(tmp_path, monkeypatch,
                                              overrides, key):
@@ -524,8 +524,8 @@ def test_data_source_refused_before_any_work(tmp_path, monkeypatch,
   before = _snapshot(tmp_path)
   code, line = _front_door(lambda: run_lib.run(c, str(tmp_path / "w")))
   assert code == cli_errors.EXIT_CONFIG
-  assert line.startswith(f"error: config.{key}: " if key else
-                         "error: no_such_dataset: "), line
+  assert line.startswith(f"error: config.{key}: "), line
+  assert str(c.data[key.split(".")[1]]) in line, line
   assert {k: v for k, v in _snapshot(tmp_path).items()
           if not k.startswith("w" + os.sep)} == before
 
