@@ -21,6 +21,7 @@ from afl import build as build_lib
 from afl import client as client_lib
 from afl import divergence
 from afl import interrupt
+from afl import scheduler as scheduler_lib
 from afl import state as state_lib
 from afl.config import ExperimentConfig
 from afl.history import History
@@ -47,13 +48,16 @@ class LoopState:
     arrays = {}
     for v, p in self.versions.items():
       arrays.update(state_lib.flatten(p, f"v{v}_"))
-    for s, (d, loss) in self.results.items():
-      arrays.update(state_lib.flatten(client_lib.as_tree(d), f"r{s}_"))
-      arrays[f"r{s}_loss"] = np.asarray(np.float32(loss))
+    if self.results:
+      deltas, losses = zip(*self.results.values())
+      arrays.update(state_lib.flatten_rows(client_lib.host_rows(deltas),
+                                           "r_"))
+      arrays["r_loss"] = np.asarray(losses, np.float32)
     host = dict(version=self.version, now=self.now, last_eval=self.last_eval,
                 versions=list(self.versions), results=list(self.results),
                 refs={str(k): v for k, v in self.refs.items()},
-                untrained=[list(t) for t in self.untrained])
+                untrained=len(self.untrained))
+    arrays.update(scheduler_lib.tasks_to_arrays(self.untrained, "u_"))
     return arrays, host
 
   def load_state_dict(self, arrays: dict, host: dict):
@@ -62,13 +66,14 @@ class LoopState:
     self.versions = {int(v): state_lib.unflatten(self.template, arrays,
                                                  f"v{v}_")
                      for v in host["versions"]}
-    self.results = {int(s): (state_lib.unflatten(self.template, arrays,
-                                                 f"r{s}_"),
-                             arrays[f"r{s}_loss"])
-                    for s in host["results"]}
+    seqs = host["results"]
+    rows = state_lib.unflatten_rows(self.template, arrays, len(seqs), "r_")
+    self.results = {int(s): (d, arrays["r_loss"][i])
+                    for i, (s, d) in enumerate(zip(seqs, rows))}
     self.refs = collections.Counter({int(k): v
                                      for k, v in host["refs"].items()})
-    self.untrained = [Task(*t) for t in host["untrained"]]
+    self.untrained = scheduler_lib.tasks_from_arrays(
+        arrays, host["untrained"], "u_")
 
 
 class Simulation:

@@ -26,3 +26,19 @@ def unflatten(template, arrays: dict, prefix: str = ""):
   treedef = jax.tree_util.tree_structure(template)
   return jax.tree_util.tree_unflatten(
       treedef, [arrays[f"{prefix}{i}"] for i in range(treedef.num_leaves)])
+
+
+def flatten_rows(leaves: list, prefix: str = "") -> dict:
+  """`flatten` of rows stacked on a leading axis, given as that stack's
+  leaves (one array per leaf however many rows: a checkpoint of thousands
+  of rows stays a few arrays)."""
+  return {f"{prefix}{i}": np.asarray(x) for i, x in enumerate(leaves)}
+
+
+def unflatten_rows(template, arrays: dict, n: int, prefix: str = "") -> list:
+  """The `n` rows `flatten_rows` wrote, each a pytree like `template`."""
+  if not n:
+    return []
+  stacked = unflatten(template, arrays, prefix)
+  return [jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
+          for i in range(n)]

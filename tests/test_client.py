@@ -83,6 +83,13 @@ def test_stack_rows_gathers_in_order():
                                  {"a": jnp.zeros(3), "b": jnp.zeros(())}])
   np.testing.assert_array_equal(mixed["b"], [2., -1., 0.])
   np.testing.assert_array_equal(client_lib.as_tree(rows[1])["a"], [0, 1, 2])
+  items = [rows[0], client_lib.Row(other, 0), rows[1],
+           {"a": jnp.zeros(3), "b": jnp.zeros(())}, rows[2]]
+  want = jax.tree_util.tree_leaves(client_lib.stack_rows(items))
+  got = client_lib.host_rows(items)  # the checkpoint's host-side stack
+  assert all(isinstance(g, np.ndarray) for g in got)
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(g, w)
 
 
 def test_workers_and_chunk_resolve():

@@ -77,17 +77,15 @@ class _Buffered:
       loop.dispatch()
 
   def state_dict(self):
-    arrays = {}
-    for i, a in enumerate(self.buffer):
-      arrays.update(state_lib.flatten(client_lib.as_tree(a.delta), f"{i}/"))
+    arrays = state_lib.flatten_rows(client_lib.host_rows(
+        [a.delta for a in self.buffer])) if self.buffer else {}
     host = [[int(a.staleness), int(a.client_id), int(a.num_examples),
              bool(a.malicious)] for a in self.buffer]
     return arrays, host
 
   def load_state_dict(self, arrays, host):
-    self.buffer = [
-        Arrival(state_lib.unflatten(self.server.params, arrays, f"{i}/"),
-                *meta) for i, meta in enumerate(host)]
+    rows = state_lib.unflatten_rows(self.server.params, arrays, len(host))
+    self.buffer = [Arrival(d, *meta) for d, meta in zip(rows, host)]
 
 
 @REGISTRY.register("fedbuff", params=FedBuffParams, buffered=True,
