@@ -11,10 +11,10 @@ block stays in L2 across the log2(K) (log2(K) + 1) / 2 stages, and each block
 is reduced to its per-column statistic before the next is loaded, so no
 sorted [K, D] copy is ever materialized.
 
-Keys must be free of NaN (callers replace invalid rows by +inf first); the
-network is not stable, which the kernels here do not need: ties carry equal
-keys, and every statistic computed from the sorted block depends only on the
-multiset of (key, payload) pairs per run of equal keys.
+Keys must be free of NaN (callers replace invalid rows by +inf first). Only
+keys are sorted: the weighted kernels find their weight crossings on the
+unsorted block (`_mass`), so which of several equal keys lands where never
+matters.
 """
 from typing import Callable, Sequence
 
@@ -57,53 +57,42 @@ def _network(size: int) -> tuple[np.ndarray, np.ndarray]:
           np.array(take_min, bool).reshape(-1, size))
 
 
-def bitonic_sort(keys: jax.Array, payload: Sequence[jax.Array] = ()):
-  """Sorts `keys` ascending along axis 0, permuting `payload` arrays alike.
+def bitonic_sort(keys: jax.Array) -> jax.Array:
+  """Sorts `keys` ascending along axis 0.
 
   The log2(K) (log2(K) + 1) / 2 stages run in a `fori_loop` over tables of
-  partners: each stage is one row gather plus fused elementwise
-  min/max/select over the block. Measured against the fully unrolled
-  network (reshape/slice/concat per stage) on 64 x 1e6, this compiles ~10x
-  faster and runs as fast unweighted and 2x faster with a payload.
+  partners: each stage is one row gather plus fused elementwise min/max/
+  select over the block. Measured against the fully unrolled network
+  (reshape/slice/concat per stage) on 64 x 1e6, this compiles ~10x faster
+  and runs as fast.
 
   Args:
     keys: [K, ...] array without NaN. K need not be a power of two: the block
       is padded with +inf rows, which sort last and are sliced off.
-    payload: arrays of the same shape as `keys`, carried through the sort.
 
   Returns:
-    (sorted_keys, sorted_payload_tuple).
+    The sorted keys.
 
   References:
     Batcher, "Sorting networks and their applications", AFIPS 1968.
   """
-  payload = tuple(payload)
   k_rows = keys.shape[0]
   size = _next_pow2(k_rows)
   if size == 1:
-    return keys, payload
+    return keys
   if size != k_rows:
     pad = [(0, size - k_rows)] + [(0, 0)] * (keys.ndim - 1)
     keys = jnp.pad(keys, pad, constant_values=jnp.inf)
-    payload = tuple(jnp.pad(p, pad) for p in payload)
   partner, take_min = _network(size)
   partner, take_min = jnp.asarray(partner), jnp.asarray(take_min)
   bshape = (size,) + (1,) * (keys.ndim - 1)
 
-  def stage(s, carry):
-    x, ps = carry
-    p = partner[s]
+  def stage(s, x):
     lower = take_min[s].reshape(bshape)
-    y = jnp.take(x, p, axis=0)
-    if not ps:
-      return jnp.where(lower, jnp.minimum(x, y), jnp.maximum(x, y)), ps
-    # Equal keys never swap, on either wire, so payloads stay a permutation.
-    swap = jnp.where(lower, y < x, y > x)
-    return (jnp.where(swap, y, x),
-            tuple(jnp.where(swap, jnp.take(q, p, axis=0), q) for q in ps))
+    y = jnp.take(x, partner[s], axis=0)
+    return jnp.where(lower, jnp.minimum(x, y), jnp.maximum(x, y))
 
-  x, ps = lax.fori_loop(0, partner.shape[0], stage, (keys, payload))
-  return x[:k_rows], tuple(q[:k_rows] for q in ps)
+  return lax.fori_loop(0, partner.shape[0], stage, keys)[:k_rows]
 
 
 def block_columns(num_rows: int, num_arrays: int, itemsize: int = 4) -> int:
@@ -180,16 +169,18 @@ def map_sorted_blocks(fn: Callable, flat: jax.Array, valid: jax.Array,
   """Sorts each column block of `flat` over K and reduces it with `fn`.
 
   Masking invalid rows to +inf, per-row scaling (e.g. norm clipping, a
-  positive factor per row) and broadcasting the [K] weights all happen inside
-  the block, so no [K, D] intermediate is written to memory: the input is
-  read once.
+  positive factor per row) and the weights all stay inside the block, so no
+  [K, D] intermediate is written to memory: the input is read once. Only
+  the keys are sorted; weighted statistics read the weights off the
+  unsorted block (`_mass`).
 
   Args:
-    fn: (sorted [K, c] keys, sorted [K, c] weights or None) -> [c] array.
+    fn: unweighted, (sorted [K, c] keys) -> [c] array; weighted,
+      (sorted [K, c] keys, unsorted [K, c] keys, [K, 1] weights) -> [c].
     flat: [K, D] matrix.
     valid: [K] bool; invalid rows sort last as +inf (with weight 0 if the
       caller zeroed it).
-    weights: optional [K] weights carried through the sort.
+    weights: optional [K] weights.
     row_scale: optional [K] factors applied to valid rows before sorting.
 
   Returns:
@@ -205,10 +196,7 @@ def map_sorted_blocks(fn: Callable, flat: jax.Array, valid: jax.Array,
       x = x * row_scale[:, None].astype(x.dtype)
     keys = jnp.where(valid[:, None], x, jnp.inf)
     if weights is None:
-      s, _ = bitonic_sort(keys)
-      return fn(s, None)
-    w = jnp.broadcast_to(weights[:, None], keys.shape)
-    s, (ws,) = bitonic_sort(keys, (w,))
-    return fn(s, ws)
+      return fn(bitonic_sort(keys))
+    return fn(bitonic_sort(keys), keys, weights[:, None].astype(keys.dtype))
 
   return map_column_blocks(block_fn, (flat,), block=block)

@@ -101,7 +101,7 @@ def bulyan_flat(flat: jax.Array, valid: jax.Array, num_byzantine: int,
   theta = n - 2 * f
   selected = select_rows(krum.scaled_sq_dists(flat, valid), valid, f, theta)
   out = _sortnet.map_sorted_blocks(
-      lambda s, _: closest_mean_of_sorted(s, theta, theta - 2 * f), flat,
+      lambda s: closest_mean_of_sorted(s, theta, theta - 2 * f), flat,
       selected)
   return out, selected
 

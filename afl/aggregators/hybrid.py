@@ -15,16 +15,17 @@ Exact order inside `apply(updates, weights, mask, state)`:
      `weights = data_weight * trust_weights(state, ids, cfg)`. Keep the
      weights of a normal client near 1 (e.g. data weights divided by their
      mean), since step 5 compares them with an absolute threshold.
-  4. Both statistics are read off ONE sort of the clipped rows (weights
-     carried along): the weighted trimmed mean with `beta`, or with
-     `byzantine_fraction` > 0 cutting ceil(byzantine_fraction * n) rows'
+  4. The statistic is read off ONE sort of the clipped rows (weights read
+     off the unsorted block, `_mass`): the weighted trimmed mean with
+     `beta`, or with `byzantine_fraction` > 0 cutting ceil(byzantine_fraction * n) rows'
      worth per side (n: valid rows of positive weight; clamped as in
-     `trimmed_mean`), (`trimmed_mean.weighted_trimmed_mean_of_sorted`) and
+     `trimmed_mean`), (`trimmed_mean.weighted_trimmed_mean_of_sorted`) or
      the weighted median (`median.weighted_median_of_sorted`).
   5. Fallback: if fewer than `min_trusted` valid rows have weight
      > `weight_threshold`, the weighted median is returned, else the trimmed
-     mean. The switch is a `jnp.where` on a traced flag: `apply` is one
-     jitted pure function, shapes fixed, no recompiles.
+     mean. The switch is a `lax.cond` on a traced flag (only the branch
+     taken runs): `apply` is one jitted pure function, shapes fixed, no
+     recompiles.
 
 The state is a `HybridState` of diagnostics from the latest call (whether
 the fallback fired, the trusted count, the clip threshold); nothing in it is
@@ -33,6 +34,7 @@ read back, so `init` only fixes its structure.
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from afl.aggregators import _sortnet, base, clipping, params
 from afl.aggregators import median as median_lib
@@ -64,10 +66,11 @@ def hybrid_flat(flat: jax.Array, weights: jax.Array, valid: jax.Array, *,
   t = trimmed_mean_lib.trim_counts(flat.shape[0], beta,
                                    byzantine_fraction)[n_pos]
 
-  def stats(s, ws):
-    tm = trimmed_mean_lib.weighted_trimmed_mean_of_sorted(s, ws, n_pos, t)
-    med = median_lib.weighted_median_of_sorted(s, ws)
-    return jnp.where(fallback, med, tm)
+  def stats(s, x, ws):  # only the statistic in use is computed
+    return lax.cond(
+        fallback, median_lib.weighted_median_of_sorted,
+        lambda *a: trimmed_mean_lib.weighted_trimmed_mean_of_sorted(
+            *a, n_pos, t), s, x, ws)
 
   out = _sortnet.map_sorted_blocks(stats, flat, valid, w, row_scale=scale)
   return out, HybridState(fallback, num_trusted,

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from afl.aggregators import _sortnet, base, params
+from afl.aggregators import _mass, _sortnet, base, params
 
 
 def midpoint(lo: jax.Array, hi: jax.Array) -> jax.Array:
@@ -40,13 +40,18 @@ def median_of_sorted(s: jax.Array, n: jax.Array) -> jax.Array:
   return jnp.where(n > 0, midpoint(lo, hi), 0.0).astype(s.dtype)
 
 
-def weighted_median_of_sorted(s: jax.Array, ws: jax.Array) -> jax.Array:
-  """Sorted [K, c] values and their weights -> [c] weighted median."""
-  cum = jnp.cumsum(ws, axis=0)
-  half = 0.5 * cum[-1]
-  lower = jnp.min(jnp.where(cum >= half, s, jnp.inf), axis=0)
-  upper = jnp.min(jnp.where(cum > half, s, jnp.inf), axis=0)
-  return jnp.where(cum[-1] > 0, midpoint(lower, upper), 0.0).astype(s.dtype)
+def weighted_median_of_sorted(s: jax.Array, x: jax.Array,
+                              w: jax.Array) -> jax.Array:
+  """Sorted [K, c] values, the same unsorted, [K, 1] weights -> [c] weighted
+  median (tie rule: module doc; the crossings found by `_mass`)."""
+  total = jnp.sum(w)
+  half = 0.5 * total
+  lower = _mass.first_value(s, lambda v: _mass.mass_le(x, w, v) >= half)
+  # The first value whose run ends past W / 2: lower itself, or, where
+  # lower's run ends exactly on it, the next value carrying weight.
+  above = jnp.min(jnp.where((x > lower) & (w > 0), x, jnp.inf), axis=0)
+  upper = jnp.where(_mass.mass_le(x, w, lower) > half, lower, above)
+  return jnp.where(total > 0, midpoint(lower, upper), 0.0).astype(s.dtype)
 
 
 @jax.jit
@@ -61,7 +66,7 @@ def median_flat(flat: jax.Array, valid: jax.Array) -> jax.Array:
     [D] median, equal to `np.median(flat[valid], axis=0)`.
   """
   n = jnp.sum(valid.astype(jnp.int32))
-  return _sortnet.map_sorted_blocks(lambda s, _: median_of_sorted(s, n),
+  return _sortnet.map_sorted_blocks(lambda s: median_of_sorted(s, n),
                                     flat, valid)
 
 

@@ -30,7 +30,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from afl.aggregators import _scale, _sortnet, base, params
+from afl.aggregators import _mass, _scale, _sortnet, base, params
 
 
 def trim_counts(num_rows: int, beta: float,
@@ -61,24 +61,32 @@ def mean_of_sorted_ranks(s: jax.Array, lo: jax.Array,
   return jnp.where(count > 0, _scale.saturate(mean), 0.0).astype(s.dtype)
 
 
-def weighted_trimmed_mean_of_sorted(s: jax.Array, ws: jax.Array,
-                                    n_pos: jax.Array,
+def weighted_trimmed_mean_of_sorted(s: jax.Array, x: jax.Array,
+                                    w: jax.Array, n_pos: jax.Array,
                                     t: jax.Array) -> jax.Array:
-  """Sorted [K, c] values and weights -> [c] weighted trimmed mean."""
-  cum = jnp.cumsum(ws, axis=0)
-  prev = jnp.concatenate([jnp.zeros_like(cum[:1]), cum[:-1]], axis=0)
-  total = cum[-1]
-  # t * W / n rather than (t / n) * W: exact for the integer cumulative
-  # weights that equal weights normalize to.
+  """Sorted [K, c] values, the same unsorted, [K, 1] weights -> [c]
+  weighted trimmed mean.
+
+  With L the mass cut per side, a is the value whose run holds the point L
+  (first with mass_le > L) and b the one holding W - L (first with
+  mass_gt <= L); rows strictly between count whole, a and b with the part
+  of their run inside [L, W - L), and a == b is the whole kept mass.
+  """
+  total = jnp.sum(w)
+  # t * W / n rather than (t / n) * W: exact for the integer weights that
+  # equal weights normalize to.
   n = jnp.maximum(n_pos, 1).astype(total.dtype)
   cut = t.astype(total.dtype) * total / n
-  lo, hi = cut, total - cut
-  kept = jnp.clip(jnp.minimum(cum, hi) - jnp.maximum(prev, lo), 0.0, None)
-  den = hi - lo
-  frac = kept / jnp.where(den > 0, den, 1.0)
-  # inf * 0 would be NaN: rows with no kept mass (incl. the +inf padding)
-  # are dropped before multiplying.
-  out = jnp.sum(jnp.where(kept > 0, s * frac, 0.0), axis=0)
+  den = total - 2 * cut
+  den = jnp.where(den > 0, den, 1.0)
+  a = _mass.first_value(s, lambda v: _mass.mass_le(x, w, v) > cut)
+  b = _mass.first_value(s, lambda v: _mass.mass_gt(x, w, v) <= cut)
+  keep_a = (_mass.mass_le(x, w, a) - cut) / den
+  keep_b = (jnp.sum(jnp.where(x >= b, w, 0.0), axis=0) - cut) / den
+  # Every factor is at most 1, so no term exceeds its value (`_scale`);
+  # +inf padding is never strictly below b.
+  inner = jnp.sum(jnp.where((x > a) & (x < b), x * (w / den), 0.0), axis=0)
+  out = jnp.where(a == b, a, a * keep_a + inner + b * keep_b)
   return jnp.where(total > 0, _scale.saturate(out), 0.0).astype(s.dtype)
 
 
@@ -103,7 +111,7 @@ def trimmed_mean_flat(flat: jax.Array, valid: jax.Array, beta: float,
   n = jnp.sum(valid.astype(jnp.int32))
   t = trim_counts(flat.shape[0], beta, byzantine_fraction)[n]
   return _sortnet.map_sorted_blocks(
-      lambda s, _: mean_of_sorted_ranks(s, t, n - t), flat, valid)
+      lambda s: mean_of_sorted_ranks(s, t, n - t), flat, valid)
 
 
 @functools.partial(jax.jit, static_argnames=("beta", "byzantine_fraction"))
@@ -130,7 +138,7 @@ def weighted_trimmed_mean_flat(flat: jax.Array, weights: jax.Array,
   n_pos = jnp.sum((w > 0).astype(jnp.int32))
   t = trim_counts(flat.shape[0], beta, byzantine_fraction)[n_pos]
   return _sortnet.map_sorted_blocks(
-      lambda s, ws: weighted_trimmed_mean_of_sorted(s, ws, n_pos, t),
+      lambda s, x, ws: weighted_trimmed_mean_of_sorted(s, x, ws, n_pos, t),
       flat, valid, w)
 
 

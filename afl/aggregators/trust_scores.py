@@ -35,7 +35,7 @@ def leave_one_out_median(flat: jax.Array, valid: jax.Array,
   n = 0).
   """
   n = jnp.sum(valid.astype(jnp.int32))
-  lo, mid, hi = _sortnet.map_sorted_blocks(lambda s, _: _middle(s, n), flat,
+  lo, mid, hi = _sortnet.map_sorted_blocks(lambda s: _middle(s, n), flat,
                                            valid)
   odd = jnp.where(flat < mid, 0.5 * (mid + hi),
                   jnp.where(flat > mid, 0.5 * (lo + mid), 0.5 * (lo + hi)))
