@@ -53,4 +53,5 @@ def test_million_clients_checkpoint_round_trip(tmp_path):
   for _ in range(1000):
     a, b = sim.scheduler.pop(), other.scheduler.pop()
     assert a == b
-    sim.dispatch(), other.dispatch()
+    sim.dispatch()
+    other.dispatch()

@@ -30,6 +30,11 @@ def mass_gt(x: jax.Array, w: jax.Array, v: jax.Array) -> jax.Array:
   return jnp.sum(jnp.where(x > v, w, 0.0), axis=0)
 
 
+def mass_ge(x: jax.Array, w: jax.Array, v: jax.Array) -> jax.Array:
+  """[c] weight of x >= v."""
+  return jnp.sum(jnp.where(x >= v, w, 0.0), axis=0)
+
+
 def first_value(s: jax.Array, pred) -> jax.Array:
   """Sorted [K, c] columns -> [c] s[p, j] for the first p with pred true.
 

@@ -17,9 +17,10 @@ Exact order inside `apply(updates, weights, mask, state)`:
      mean), since step 5 compares them with an absolute threshold.
   4. The statistic is read off ONE sort of the clipped rows (weights read
      off the unsorted block, `_mass`): the weighted trimmed mean with
-     `beta`, or with `byzantine_fraction` > 0 cutting ceil(byzantine_fraction * n) rows'
-     worth per side (n: valid rows of positive weight; clamped as in
-     `trimmed_mean`), (`trimmed_mean.weighted_trimmed_mean_of_sorted`) or
+     `beta`, or with `byzantine_fraction` > 0 cutting
+     ceil(byzantine_fraction * n) rows' worth per side (n: valid rows of
+     positive weight; clamped as in `trimmed_mean`),
+     (`trimmed_mean.weighted_trimmed_mean_of_sorted`) or
      the weighted median (`median.weighted_median_of_sorted`).
   5. Fallback: if fewer than `min_trusted` valid rows have weight
      > `weight_threshold`, the weighted median is returned, else the trimmed

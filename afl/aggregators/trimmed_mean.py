@@ -82,7 +82,7 @@ def weighted_trimmed_mean_of_sorted(s: jax.Array, x: jax.Array,
   a = _mass.first_value(s, lambda v: _mass.mass_le(x, w, v) > cut)
   b = _mass.first_value(s, lambda v: _mass.mass_gt(x, w, v) <= cut)
   keep_a = (_mass.mass_le(x, w, a) - cut) / den
-  keep_b = (jnp.sum(jnp.where(x >= b, w, 0.0), axis=0) - cut) / den
+  keep_b = (_mass.mass_ge(x, w, b) - cut) / den
   # Every factor is at most 1, so no term exceeds its value (`_scale`);
   # +inf padding is never strictly below b.
   inner = jnp.sum(jnp.where((x > a) & (x < b), x * (w / den), 0.0), axis=0)
