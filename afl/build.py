@@ -56,7 +56,7 @@ class Components:
   evaluate_backdoor: Callable | None  # params -> (attack success, loss)
 
 
-def _seeds(seed: int):
+def seeds(seed: int):
   part_ss, sched_ss = np.random.SeedSequence(seed).spawn(2)
   return (np.random.default_rng(part_ss), np.random.default_rng(sched_ss),
           jax.random.PRNGKey(seed))
@@ -181,7 +181,7 @@ def _client_backend(cfg, apply_fn, privacy, atk, num_classes, data_max,
 
 
 def build(cfg: ExperimentConfig, log: Callable = print) -> Components:
-  part_rng, sched_rng, root = _seeds(cfg.seed)
+  part_rng, sched_rng, root = seeds(cfg.seed)
   ds = load_data(cfg, log)
   held = _root_ids(cfg, len(ds.train_y), log)
   partition = make_partition(cfg, ds.train_y, part_rng,
