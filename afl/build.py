@@ -30,6 +30,7 @@ from afl.data import text as text_lib
 from afl.privacy import ledger as privacy_lib
 from afl.scheduler import Scheduler
 from afl.server import build as server_build
+from afl.server import modes as modes_lib
 from afl.server import root as root_lib
 from afl.validate import ConfigError
 
@@ -237,8 +238,10 @@ def build(cfg: ExperimentConfig, log: Callable = print) -> Components:
       client_root=client_root, backend=backend, backend_kind=kind,
       privacy=privacy, server=server, mode=mode,
       comm=comm_lib.Communication(cfg.compression, params),
-      scheduler=Scheduler(cfg.scheduler, cfg.num_clients, cfg.concurrency,
-                          task_steps, sched_rng),
+      scheduler=Scheduler(
+          cfg.scheduler, cfg.num_clients, cfg.concurrency, task_steps,
+          sched_rng, pattern=modes_lib.REGISTRY[cfg.server.mode].prop(
+              "dispatch")),
       evaluate=evaluation.make_eval_fn(apply_fn, ds.test_x, ds.test_y,
                                        cfg.eval.batch_size, frozen),
       evaluate_backdoor=evaluate_backdoor)

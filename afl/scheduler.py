@@ -17,14 +17,14 @@ task counters) plus O(in-flight) tasks, so 100k-client runs are cheap.
 """
 from __future__ import annotations
 
-import heapq
+from operator import length_hint
 from typing import NamedTuple
 
 import numpy as np
 
+from afl import engine_kernels as K
 from afl.config import SchedulerConfig
 
-_BLOCK = 4096  # random draws made per numpy call
 _new_task = tuple.__new__  # Task(...) without NamedTuple's keyword handling
 
 
@@ -64,75 +64,104 @@ def tasks_from_arrays(arrays: dict, n: int, prefix: str) -> list:
   return [Task(*row) for row in zip(*cols)]
 
 
-class _Draws:
-  """A numpy generator consumed as Python floats from pre-drawn blocks.
-
-  The state to checkpoint is the generator state before the current block
-  and the position in it: reloading redraws the block and continues
-  bit-identically.
-  """
+class _Blocks:
+  """Blocks of `engine_kernels.BLOCK` draws of one numpy generator, each
+  numbered by the count of draws before it, with the generator state
+  before each block kept while a checkpoint may need it: the state to save
+  is that state and the position in the block, and reloading redraws the
+  block and continues bit-identically."""
 
   def __init__(self, rng: np.random.Generator, draw):
     self.rng = rng
-    self.draw = draw  # (rng, n) -> [n, k] array
-    self.refill()
+    self.draw = draw  # (rng, n) -> array of n draws
+    self.states: dict[int, dict] = {}
 
-  def refill(self):
-    self.state_before = self.rng.bit_generator.state
-    self.rows = self.draw(self.rng, _BLOCK).tolist()
-    self.pos = 0
+  def block(self, start: int) -> np.ndarray:
+    """Draws the block whose first draw is number `start`."""
+    self.states[start] = self.rng.bit_generator.state
+    return self.draw(self.rng, K.BLOCK)
 
-  def next(self):
-    if self.pos == _BLOCK:
-      self.refill()
-    row = self.rows[self.pos]
-    self.pos += 1
-    return row
+  def cursor(self, count: int) -> dict:
+    """Checkpoint entry for the point where `count` draws are used."""
+    start = max(s for s in self.states if s <= count)
+    return dict(state=self.states[start], pos=count - start)
 
-  def state_dict(self) -> dict:
-    return dict(state=self.state_before, pos=self.pos)
+  def prune(self, count: int):
+    """Forgets the states no point at or after `count` draws needs."""
+    keep = max(s for s in self.states if s <= count)
+    self.states = {s: v for s, v in self.states.items() if s >= keep}
 
-  def load_state_dict(self, d: dict):
+  def load(self, d: dict, count: int) -> np.ndarray:
+    self.states = {}
     self.rng.bit_generator.state = d["state"]
-    self.refill()
-    self.pos = int(d["pos"])
+    return self.block(count - int(d["pos"]))
+
+
+_PATTERNS = {"manual": K.MANUAL, "replace": K.REPLACE,
+             "rounds": K.ROUNDS}
+_WINDOW = 1024  # pops computed per call in the replace and rounds patterns
 
 
 class Scheduler:
   """Dispatches tasks to idle clients and pops them in event order.
 
-  Host speed: random numbers come from pre-drawn numpy blocks, the heap
-  holds bare arrival times with the tasks in a dict beside it, per-event
-  work is a few list and dict lookups (benchmarks/scheduler.py).
+  `pattern` says how the caller dispatches: "replace" (one dispatch at the
+  popped time after every pop: fedasync, fedbuff), "rounds" (`concurrency`
+  dispatches at the popped time when a pop leaves nothing in flight: sync)
+  or "manual" (any order). In the first two the compiled engine
+  (afl.engine_kernels) runs a window of events ahead in one call and
+  `pop` / `dispatch` hand them out, checking that the caller follows the
+  pattern; a task's start version is the one its `dispatch` call gives.
+  Everything the caller can see (`in_flight`, `tasks()`, `task_counts`,
+  `seq`, checkpoints) is the state after the calls made so far, not the
+  window's. In "manual" every call runs one event.
   """
 
   def __init__(self, cfg: SchedulerConfig, num_clients: int, concurrency: int,
-               local_steps, rng: np.random.Generator):
+               local_steps, rng: np.random.Generator, pattern: str = "manual"):
     self.cfg = cfg
     self.num_clients = num_clients
     self.concurrency = concurrency
     self.local_steps = local_steps
+    self._limit = min(concurrency, num_clients)
+    self._pattern = _PATTERNS[pattern]
+    self.pattern = pattern
+    self._st = K.new_state(num_clients, self._limit)
     if cfg.heterogeneity > 0:
       slowness = rng.lognormal(0.0, cfg.heterogeneity, num_clients)
     else:
       slowness = np.ones(num_clients)
     self._set_clients(slowness, np.zeros(num_clients, np.int64))
-    self._limit = min(concurrency, num_clients)
-    self.busy: set[int] = set()
-    # Event queue: a heap of arrival times (floats compare fastest) and the
-    # task(s) at each time; equal times keep dispatch (= seq) order.
-    self._times: list[float] = []
-    self._at: dict[float, Task | list[Task]] = {}
-    self.seq = 0
     picks_rng, draws_rng = rng.spawn(2)
-    self._picks = _Draws(picks_rng, lambda g, n: g.integers(num_clients,
-                                                            size=n))
-    self._draws = _Draws(draws_rng, self._draw_block)
+    self._picks = _Blocks(picks_rng, lambda g, n: g.integers(num_clients,
+                                                             size=n))
+    self._draws = _Blocks(draws_rng, self._draw_block)
+    self._pick_arr = self._picks.block(0)
+    self._draw_arr = self._draws.block(0)
+    window = 1 if self._pattern == K.MANUAL else _WINDOW
+    cap = window + 3 * self._limit
+    self._buf = (np.zeros((window, 2)), np.zeros((window, 4), np.int64),
+                 np.zeros((cap, 2)), np.zeros((cap, 6), np.int64))
+    self._reset_window({})
+
+  def _reset_window(self, versions: dict):
+    self._set_window([], [])
+    self._last = -1  # seq of the last task popped (dispatches follow it)
+    self._version = versions  # seq -> start version of dispatched tasks
+
+  def _set_window(self, pops: list, disp: list):
+    self._pops = pops  # (arrival, seq, cid, task, dispatch, dropped)
+    self._disp = disp  # the same fields, then parent seq, picks used
+    self._pop_it, self._disp_it = iter(pops), iter(disp)
+
+  def _ahead(self) -> tuple[list, list]:
+    """The window's pops and dispatches not handed out yet."""
+    return (self._pops[len(self._pops) - length_hint(self._pop_it):],
+            self._disp[len(self._disp) - length_hint(self._disp_it):])
 
   def _set_clients(self, slowness: np.ndarray, task_counts: np.ndarray):
     self.slowness = slowness
-    # Task counters as a list: fast scalar reads.
-    self._counts = np.asarray(task_counts).tolist()
+    self._st.counts[:] = task_counts
 
   @property
   def slowness(self) -> np.ndarray:
@@ -142,25 +171,9 @@ class Scheduler:
   @slowness.setter
   def slowness(self, value):
     self._slowness = np.asarray(value)
-    # Per-client mean work as a list: fast scalar reads in dispatch.
-    self._base = (self.local_steps * self.cfg.step_time
-                  * self._slowness).tolist()
-
-  @property
-  def task_counts(self) -> np.ndarray:
-    """[num_clients] int64: tasks dispatched to each client so far."""
-    return np.asarray(self._counts, np.int64)
-
-  def _push(self, task: Task):
-    t = task[0]
-    prev = self._at.get(t)
-    if prev is None:
-      self._at[t] = task
-    elif type(prev) is list:  # pylint: disable=unidiomatic-typecheck
-      prev.append(task)
-    else:
-      self._at[t] = [prev, task]
-    heapq.heappush(self._times, t)
+    # Per-client mean work, float64 as the engine reads it.
+    self._base = np.ascontiguousarray(
+        self.local_steps * self.cfg.step_time * self._slowness, np.float64)
 
   def _draw_block(self, g: np.random.Generator, n: int) -> np.ndarray:
     """[n, 3]: work multiplier (mean 1), network delay, drop-out fraction
@@ -179,89 +192,153 @@ class Scheduler:
     frac = np.where(drop, g.random(n), -1.0)
     return np.stack([work, delay, frac], 1)
 
+  def _run(self, pattern: int, max_pops: int, now: float = 0.0,
+           pending: int = 0):
+    """Runs the engine; returns the window of its pops and dispatches."""
+    si = self._st.si
+    pf, pi, df, di = self._buf
+    si[K.PENDING] = pending
+    self._st.sf[0] = now
+    out = np.zeros(2, np.int64)
+    while True:
+      status = K.advance(pattern, max_pops, self._limit, self._limit,
+                         self._st, self._base, self._pick_arr,
+                         self._draw_arr, pf, pi, df, di, out)
+      if status == K.NEED_PICKS:
+        si[K.PICK_START] = si[K.PICK_CTR]
+        self._pick_arr = self._picks.block(int(si[K.PICK_CTR]))
+      elif status == K.NEED_DRAWS:
+        si[K.DRAW_START] = si[K.SEQ]
+        self._draw_arr = self._draws.block(int(si[K.SEQ]))
+      elif status == K.AT_LIMIT:
+        si[K.PENDING] = 0
+        raise RuntimeError("concurrency limit reached; pop an event first")
+      else:
+        break
+    npop, nd = int(out[0]), int(out[1])
+    if status == K.EMPTY and npop == 0:
+      raise IndexError("pop from a scheduler with nothing in flight")
+    self._set_window(
+        list(zip(pf[:npop, 0].tolist(), *pi[:npop, :3].T.tolist(),
+                 pf[:npop, 1].tolist(), (pi[:npop, 3] != 0).tolist())),
+        list(zip(df[:nd, 0].tolist(), *di[:nd, :3].T.tolist(),
+                 df[:nd, 1].tolist(), (di[:nd, 3] != 0).tolist(),
+                 *di[:nd, 4:].T.tolist())))
+
+  def _next_window(self):
+    """Runs the pattern's next window once all of this one is out."""
+    if length_hint(self._disp_it):
+      raise RuntimeError(f"pop() where the {self.pattern} pattern "
+                         "dispatches first")
+    si = self._st.si
+    self._picks.prune(int(si[K.PICK_CTR]))
+    self._draws.prune(int(si[K.SEQ]))
+    fresh = int(si[K.SEQ]) == 0 and not si[K.N_HEAP]
+    self._run(self._pattern, _WINDOW, pending=self._limit if fresh else 0)
+
   @property
   def in_flight(self) -> int:
-    return len(self._times)
-
-  def tasks(self) -> list[Task]:
-    """The tasks in flight, in event order."""
-    out = []
-    for entry in self._at.values():
-      out.extend(entry if type(entry) is list else [entry])  # pylint: disable=unidiomatic-typecheck
-    return sorted(out)
-
-  def _pick_idle(self) -> int:
-    # Rejection sampling is O(1) expected while in-flight << num_clients;
-    # fall back to an explicit draw from the idle set otherwise.
-    busy = self.busy
-    if len(busy) * 2 <= self.num_clients:
-      p = self._picks
-      while True:
-        if p.pos == _BLOCK:
-          p.refill()
-        c = p.rows[p.pos]
-        p.pos += 1
-        if c not in busy:
-          return c
-    idle = np.setdiff1d(np.arange(self.num_clients),
-                        np.fromiter(busy, np.int64))
-    return int(idle[self._picks.next() % len(idle)])
-
-  def dispatch(self, now: float, version: int) -> Task:
-    """Starts a task on an idle client, at virtual time `now`."""
-    busy = self.busy
-    if len(busy) >= self._limit:
-      raise RuntimeError("concurrency limit reached; pop an event first")
-    cid = self._pick_idle()
-    d = self._draws
-    if d.pos == _BLOCK:
-      d.refill()
-    work, delay, frac = d.rows[d.pos]
-    d.pos += 1
-    duration = self._base[cid] * work + delay
-    dropped = frac >= 0.0
-    if dropped:
-      duration *= frac
-    counts = self._counts
-    task = _new_task(Task, (now + duration, self.seq, cid, counts[cid],
-                            version, now, dropped))
-    self.seq += 1
-    counts[cid] += 1
-    busy.add(cid)
-    self._push(task)
-    return task
+    return (int(self._st.si[K.N_HEAP]) + length_hint(self._pop_it)
+            - length_hint(self._disp_it))
 
   def pop(self) -> Task:
     """Removes and returns the earliest event; its client becomes idle."""
-    t = heapq.heappop(self._times)
-    task = self._at.pop(t)
-    if type(task) is list:  # pylint: disable=unidiomatic-typecheck
-      rest = task
-      task = rest.pop(0)
-      if rest:
-        self._at[t] = rest
-    self.busy.discard(task.client_id)
-    return task
+    rec = next(self._pop_it, None)
+    if rec is None:
+      if self._pattern == K.MANUAL:
+        self._run(K.MANUAL, 1)
+      elif not self.in_flight:
+        raise IndexError("pop from a scheduler with nothing in flight")
+      else:
+        self._next_window()
+      rec = next(self._pop_it)
+    seq = self._last = rec[1]
+    return _new_task(Task, (rec[0], seq, rec[2], rec[3],
+                            self._version.pop(seq), rec[4], rec[5]))
+
+  def dispatch(self, now: float, version: int) -> Task:
+    """Starts a task on an idle client, at virtual time `now`."""
+    rec = next(self._disp_it, None)
+    if rec is None:
+      if self._pattern == K.MANUAL:
+        self._run(K.MANUAL, 0, now, pending=1)
+      elif int(self._st.si[K.SEQ]) == 0:
+        self._next_window()  # the first dispatches: `concurrency` at 0
+      else:
+        raise RuntimeError(f"dispatch() where the {self.pattern} pattern "
+                           "pops first")
+      rec = next(self._disp_it)
+    if rec[6] != self._last or rec[4] != now:
+      raise RuntimeError(f"dispatch at {now} does not follow the "
+                         f"{self.pattern} pattern")
+    self._version[rec[1]] = version
+    return _new_task(Task, (rec[0], rec[1], rec[2], rec[3], version, now,
+                            rec[5]))
+
+  def _owed(self) -> bool:
+    """True between a pop and the dispatches the pattern owes for it."""
+    disp = self._ahead()[1]  # (none in "manual")
+    return bool(disp) and disp[0][6] == self._last
 
   def peek_time(self) -> float:
-    return self._times[0] if self._times else np.inf
+    if not self.in_flight:
+      return np.inf
+    if not length_hint(self._pop_it):
+      if self._pattern == K.MANUAL:
+        return float(self._st.ht[0])  # the heap's root
+      self._next_window()
+    elif self._owed():
+      raise RuntimeError("peek_time() before the dispatches the "
+                         f"{self.pattern} pattern owes")
+    return self._pops[len(self._pops) - length_hint(self._pop_it)][0]
+
+  def tasks(self) -> list[Task]:
+    """The tasks in flight after the calls so far, in event order."""
+    pops, disp = self._ahead()
+    ahead = {r[1] for r in disp}
+    rows = list(zip(*K.heap_rows(self._st))) + pops
+    return sorted(Task(t, s, c, k, self._version[s], dt, bool(d))
+                  for t, s, c, k, dt, d in rows if s not in ahead)
+
+  @property
+  def busy(self) -> set[int]:
+    """The clients with a task in flight."""
+    return {t.client_id for t in self.tasks()}
+
+  @property
+  def seq(self) -> int:
+    """Tasks dispatched so far."""
+    return int(self._st.si[K.SEQ]) - length_hint(self._disp_it)
+
+  @property
+  def task_counts(self) -> np.ndarray:
+    """[num_clients] int64: tasks dispatched to each client so far."""
+    counts = self._st.counts.copy()
+    np.subtract.at(counts, [r[2] for r in self._ahead()[1]], 1)
+    return counts
 
   # The checkpoint protocol (afl.state): per-client arrays, JSON-able rest.
   def state_dict(self):
+    if self._owed():
+      raise RuntimeError("state_dict() between a pop and its dispatches")
     tasks = self.tasks()
+    ahead = self._ahead()[1]
+    picks = ahead[0][7] if ahead else int(self._st.si[K.PICK_CTR])
     return (dict(slowness=self.slowness, task_counts=self.task_counts,
                  **tasks_to_arrays(tasks, "heap_")),
             dict(in_flight=len(tasks), seq=self.seq,
-                 picks=self._picks.state_dict(),
-                 draws=self._draws.state_dict()))
+                 picks=self._picks.cursor(picks),
+                 draws=self._draws.cursor(self.seq)))
 
   def load_state_dict(self, arrays: dict, host: dict):
+    tasks = sorted(tasks_from_arrays(arrays, host["in_flight"], "heap_"))
+    self._st = K.new_state(self.num_clients, self._limit)
     self._set_clients(arrays["slowness"], arrays["task_counts"])
-    tasks = tasks_from_arrays(arrays, host["in_flight"], "heap_")
-    self._times, self._at = [], {}
-    for task in sorted(tasks):  # equal times: pushed in seq order
-      self._push(task)
-    self.busy = {t.client_id for t in tasks}
-    self.seq = int(host["seq"])
-    self._picks.load_state_dict(host["picks"])
-    self._draws.load_state_dict(host["draws"])
+    K.load_heap(self._st, tasks)
+    n, si = len(tasks), self._st.si
+    si[K.SEQ] = int(host["seq"])
+    si[K.PICK_CTR] = int(host["picks"]["pos"])
+    si[K.DRAW_START] = si[K.SEQ] - int(host["draws"]["pos"])
+    self._pick_arr = self._picks.load(host["picks"], int(si[K.PICK_CTR]))
+    self._draw_arr = self._draws.load(host["draws"], int(si[K.SEQ]))
+    self._reset_window({t.seq: t.start_version for t in tasks})

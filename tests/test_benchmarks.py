@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 # Packages afl uses that a CUDA JAX image (jax, flax, optax, numpy, scipy)
 # does not have; benchmarks/gpu_suite.sh may carry nothing else.
 _DEV_ONLY = ("ml_collections", "chex", "transformers", "datasets",
-             "dp_accounting", "torch", "tqdm", "matplotlib")
+             "dp_accounting", "torch", "tqdm", "matplotlib", "numba")
 
 
 def test_throughput_runs_without_dev_packages(tmp_path):

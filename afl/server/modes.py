@@ -31,11 +31,13 @@ from afl.server.rows import Arrival
 from afl.server.staleness import staleness_weight
 
 # Factory: cls(**params, server=Server, server_cfg=ServerConfig).
-# Properties: `buffered` (several updates per aggregation: secure
-# aggregation and server DP are possible), `windowed` (one arrival at a
-# time; robust rules aggregate a window of the last ones), `rows(cfg)`
-# (updates per aggregation), `per_version(cfg)` (client updates per
-# version).
+# Properties: `dispatch` (the scheduler's pattern, afl.scheduler:
+# "replace" when every event is followed by one dispatch, "rounds" when a
+# round of `concurrency` starts once none is in flight), `buffered`
+# (several updates per aggregation: secure aggregation and server DP are
+# possible), `windowed` (one arrival at a time; robust rules aggregate a
+# window of the last ones), `rows(cfg)` (updates per aggregation),
+# `per_version(cfg)` (client updates per version).
 REGISTRY = registry_lib.Registry("server mode")
 
 
@@ -89,6 +91,7 @@ class _Buffered:
 
 
 @REGISTRY.register("fedbuff", params=FedBuffParams, buffered=True,
+                   dispatch="replace",
                    rows=lambda cfg: cfg.server.buffer_size,
                    per_version=lambda cfg: cfg.server.buffer_size)
 class FedBuff(_Buffered):
@@ -109,7 +112,8 @@ class FedBuff(_Buffered):
     return made
 
 
-@REGISTRY.register("sync", buffered=True, rows=lambda cfg: cfg.concurrency,
+@REGISTRY.register("sync", buffered=True, dispatch="rounds",
+                   rows=lambda cfg: cfg.concurrency,
                    per_version=lambda cfg: cfg.concurrency)
 class Sync(_Buffered):
 
@@ -128,6 +132,7 @@ class Sync(_Buffered):
 
 
 @REGISTRY.register("fedasync", params=FedAsyncParams, windowed=True,
+                   dispatch="replace",
                    rows=lambda cfg: cfg.aggregator.window,
                    per_version=lambda cfg: 1)
 class FedAsync:
