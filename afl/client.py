@@ -251,6 +251,14 @@ def stack_rows(items):
       isinstance(r, Row) and r.stacked is first.stacked for r in items):
     return _take_rows(first.stacked,
                       np.asarray([r.index for r in items], np.int32))
+  if jax.default_backend() == "cpu":
+    # Rows of several cohorts: gathered on the host, which holds the
+    # device's memory here; one copy per leaf and nothing compiled, where
+    # a jitted stack of a thousand rows takes a program per buffer size.
+    treedef = jax.tree_util.tree_structure(
+        first.stacked if isinstance(first, Row) else first)
+    return jax.tree_util.tree_unflatten(
+        treedef, [jnp.asarray(x) for x in host_rows(items)])
   return stack_trees(*[as_tree(r) for r in items])
 
 

@@ -85,11 +85,16 @@ def test_stack_rows_gathers_in_order():
   np.testing.assert_array_equal(client_lib.as_tree(rows[1])["a"], [0, 1, 2])
   items = [rows[0], client_lib.Row(other, 0), rows[1],
            {"a": jnp.zeros(3), "b": jnp.zeros(())}, rows[2]]
-  want = jax.tree_util.tree_leaves(client_lib.stack_rows(items))
+  # Reference: each row sliced on its own and stacked in one program.
+  want = jax.tree_util.tree_leaves(client_lib.stack_trees(
+      *[client_lib.as_tree(r) for r in items]))
   got = client_lib.host_rows(items)  # the checkpoint's host-side stack
   assert all(isinstance(g, np.ndarray) for g in got)
-  for g, w in zip(got, want):
+  stacked = jax.tree_util.tree_leaves(client_lib.stack_rows(items))
+  for g, s, w in zip(got, stacked, want):
     np.testing.assert_array_equal(g, w)
+    np.testing.assert_array_equal(s, w)
+    assert s.dtype == w.dtype and s.shape == w.shape
 
 
 def test_workers_and_chunk_resolve():
