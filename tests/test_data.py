@@ -436,3 +436,20 @@ def test_bad_arguments():
     L.load_image_dataset("mnist", num_train=5, log=_quiet)
   with pytest.raises(ValueError, match="train_limit"):
     L.load_image_dataset("synthetic", train_limit=-1, log=_quiet)
+
+
+def test_synthetic_images_are_protos_plus_clipped_noise():
+  # The in-place, row-blocked draw equals the formula written out
+  # (70,000 rows: more than one 65,536-row block).
+  (tx, ty, vx, vy), k, _ = image_dataset.synthetic_raw(
+      70_000, 5, (2, 3, 1), num_classes=3, seed=4, noise=0.3)
+  rng = np.random.default_rng(4)
+  protos = rng.uniform(0.0, 1.0, (3, 2, 3, 1)).astype(np.float32)
+  for x, y, n in ((tx, ty, 70_000), (vx, vy, 5)):
+    want_y = rng.integers(0, 3, n)
+    want_x = np.clip(protos[want_y] + 0.3 * rng.standard_normal(
+        (n, 2, 3, 1), np.float32), 0.0, 1.0)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(x, want_x)
+    assert x.dtype == np.float32
+  assert k == 3
