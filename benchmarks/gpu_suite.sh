@@ -4,8 +4,9 @@
 #   bash benchmarks/gpu_suite.sh [OUT_DIR]
 # Prints client-updates/s for CNN and MLP (and LoRA-BERT when the MiniLM
 # package is installed) at cohorts 64..4096 for vmap vs loop, aggregation
-# kernel times, DP-SGD overhead, and peak device memory; writes JSON to
-# OUT_DIR (default benchmarks/out/gpu).
+# kernel times, DP-SGD overhead, and peak device memory, then (where afl's
+# full requirements are installed) the 1M-client run and the race's afl
+# rows; writes JSON to OUT_DIR (default benchmarks/out/gpu).
 # NOT YET RUN ON A GPU: no device has been lent to this project yet.
 # tests/test_benchmarks.py runs throughput.py with only the packages of a
 # bare JAX image importable. An image with jax but without flax/optax gets
@@ -40,3 +41,17 @@ timeout 90 $PY benchmarks/aggregation.py --sizes 16 64 256 --dims 100000 1000000
   --repeats 3 --out "$OUT/aggregation.json" | grep -E "^\||^peak"
 timeout 60 $PY benchmarks/dp.py --out "$OUT/dp.json" | grep -E "^\||^peak"
 # Peak device memory is printed by each throughput run (memory_stats).
+# Whole simulations need afl's full requirements (ml_collections, numba,
+# ...: install.sh or Dockerfile.cuda), not only a bare JAX image.
+if $PY -c "import ml_collections, numba, orbax.checkpoint" 2>/dev/null; then
+  timeout 150 $PY benchmarks/million.py --variants iid,mlp100 \
+    --out "$OUT/million.json" | grep -E "^\|"
+  if [ -d /usr/share/datasets/fashion-mnist ]; then
+    timeout 120 $PY benchmarks/race.py --rows afl,afl_fedbuff \
+      --out "$OUT/race.json" | grep -E "^\|"
+  else
+    echo "race (afl rows): skipped (needs Fashion-MNIST: apt-get install dataset-fashion-mnist)"
+  fi
+else
+  echo "million, race: skipped (need afl's requirements: ./install.sh)"
+fi
