@@ -1,4 +1,4 @@
-"""Discrete-event scheduler: who trains when, in virtual time (host, numpy).
+"""Discrete-event scheduler: who trains when, in virtual time (host).
 
 Each client has a slowness factor drawn once, `LogNormal(0, heterogeneity)`
 (heterogeneity 0 makes every client equally fast). A task's duration is
@@ -13,7 +13,9 @@ out at a uniform point of that duration and never arrives.
 
 Events are ordered by (time, seq); `seq` is the dispatch counter, so ties are
 broken the same way every run. Memory is O(num_clients) scalars (slowness,
-task counters) plus O(in-flight) tasks, so 100k-client runs are cheap.
+task counters, busy flags) plus O(in-flight) tasks, so 1M-client runs are
+cheap. The heap, idle picks and durations run in afl.engine_kernels
+(numba), on random numbers drawn in numpy blocks.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from afl import engine_kernels as K
+from afl import engine_kernels as kernels
 from afl.config import SchedulerConfig
 
 _new_task = tuple.__new__  # Task(...) without NamedTuple's keyword handling
@@ -79,7 +81,7 @@ class _Blocks:
   def block(self, start: int) -> np.ndarray:
     """Draws the block whose first draw is number `start`."""
     self.states[start] = self.rng.bit_generator.state
-    return self.draw(self.rng, K.BLOCK)
+    return self.draw(self.rng, kernels.BLOCK)
 
   def cursor(self, count: int) -> dict:
     """Checkpoint entry for the point where `count` draws are used."""
@@ -97,8 +99,8 @@ class _Blocks:
     return self.block(count - int(d["pos"]))
 
 
-_PATTERNS = {"manual": K.MANUAL, "replace": K.REPLACE,
-             "rounds": K.ROUNDS}
+_PATTERNS = {"manual": kernels.MANUAL, "replace": kernels.REPLACE,
+             "rounds": kernels.ROUNDS}
 _WINDOW = 1024  # pops computed per call in the replace and rounds patterns
 
 
@@ -126,7 +128,7 @@ class Scheduler:
     self._limit = min(concurrency, num_clients)
     self._pattern = _PATTERNS[pattern]
     self.pattern = pattern
-    self._st = K.new_state(num_clients, self._limit)
+    self._st = kernels.new_state(num_clients, self._limit)
     if cfg.heterogeneity > 0:
       slowness = rng.lognormal(0.0, cfg.heterogeneity, num_clients)
     else:
@@ -138,7 +140,7 @@ class Scheduler:
     self._draws = _Blocks(draws_rng, self._draw_block)
     self._pick_arr = self._picks.block(0)
     self._draw_arr = self._draws.block(0)
-    window = 1 if self._pattern == K.MANUAL else _WINDOW
+    window = 1 if self._pattern == kernels.MANUAL else _WINDOW
     cap = window + 3 * self._limit
     self._buf = (np.zeros((window, 2)), np.zeros((window, 4), np.int64),
                  np.zeros((cap, 2)), np.zeros((cap, 6), np.int64))
@@ -197,26 +199,26 @@ class Scheduler:
     """Runs the engine; returns the window of its pops and dispatches."""
     si = self._st.si
     pf, pi, df, di = self._buf
-    si[K.PENDING] = pending
+    si[kernels.PENDING] = pending
     self._st.sf[0] = now
     out = np.zeros(2, np.int64)
     while True:
-      status = K.advance(pattern, max_pops, self._limit, self._limit,
+      status = kernels.advance(pattern, max_pops, self._limit, self._limit,
                          self._st, self._base, self._pick_arr,
                          self._draw_arr, pf, pi, df, di, out)
-      if status == K.NEED_PICKS:
-        si[K.PICK_START] = si[K.PICK_CTR]
-        self._pick_arr = self._picks.block(int(si[K.PICK_CTR]))
-      elif status == K.NEED_DRAWS:
-        si[K.DRAW_START] = si[K.SEQ]
-        self._draw_arr = self._draws.block(int(si[K.SEQ]))
-      elif status == K.AT_LIMIT:
-        si[K.PENDING] = 0
+      if status == kernels.NEED_PICKS:
+        si[kernels.PICK_START] = si[kernels.PICK_CTR]
+        self._pick_arr = self._picks.block(int(si[kernels.PICK_CTR]))
+      elif status == kernels.NEED_DRAWS:
+        si[kernels.DRAW_START] = si[kernels.SEQ]
+        self._draw_arr = self._draws.block(int(si[kernels.SEQ]))
+      elif status == kernels.AT_LIMIT:
+        si[kernels.PENDING] = 0
         raise RuntimeError("concurrency limit reached; pop an event first")
       else:
         break
     npop, nd = int(out[0]), int(out[1])
-    if status == K.EMPTY and npop == 0:
+    if status == kernels.EMPTY and npop == 0:
       raise IndexError("pop from a scheduler with nothing in flight")
     self._set_window(
         list(zip(pf[:npop, 0].tolist(), *pi[:npop, :3].T.tolist(),
@@ -231,22 +233,22 @@ class Scheduler:
       raise RuntimeError(f"pop() where the {self.pattern} pattern "
                          "dispatches first")
     si = self._st.si
-    self._picks.prune(int(si[K.PICK_CTR]))
-    self._draws.prune(int(si[K.SEQ]))
-    fresh = int(si[K.SEQ]) == 0 and not si[K.N_HEAP]
+    self._picks.prune(int(si[kernels.PICK_CTR]))
+    self._draws.prune(int(si[kernels.SEQ]))
+    fresh = int(si[kernels.SEQ]) == 0 and not si[kernels.N_HEAP]
     self._run(self._pattern, _WINDOW, pending=self._limit if fresh else 0)
 
   @property
   def in_flight(self) -> int:
-    return (int(self._st.si[K.N_HEAP]) + length_hint(self._pop_it)
+    return (int(self._st.si[kernels.N_HEAP]) + length_hint(self._pop_it)
             - length_hint(self._disp_it))
 
   def pop(self) -> Task:
     """Removes and returns the earliest event; its client becomes idle."""
     rec = next(self._pop_it, None)
     if rec is None:
-      if self._pattern == K.MANUAL:
-        self._run(K.MANUAL, 1)
+      if self._pattern == kernels.MANUAL:
+        self._run(kernels.MANUAL, 1)
       elif not self.in_flight:
         raise IndexError("pop from a scheduler with nothing in flight")
       else:
@@ -260,9 +262,9 @@ class Scheduler:
     """Starts a task on an idle client, at virtual time `now`."""
     rec = next(self._disp_it, None)
     if rec is None:
-      if self._pattern == K.MANUAL:
-        self._run(K.MANUAL, 0, now, pending=1)
-      elif int(self._st.si[K.SEQ]) == 0:
+      if self._pattern == kernels.MANUAL:
+        self._run(kernels.MANUAL, 0, now, pending=1)
+      elif int(self._st.si[kernels.SEQ]) == 0:
         self._next_window()  # the first dispatches: `concurrency` at 0
       else:
         raise RuntimeError(f"dispatch() where the {self.pattern} pattern "
@@ -284,7 +286,7 @@ class Scheduler:
     if not self.in_flight:
       return np.inf
     if not length_hint(self._pop_it):
-      if self._pattern == K.MANUAL:
+      if self._pattern == kernels.MANUAL:
         return float(self._st.ht[0])  # the heap's root
       self._next_window()
     elif self._owed():
@@ -296,7 +298,7 @@ class Scheduler:
     """The tasks in flight after the calls so far, in event order."""
     pops, disp = self._ahead()
     ahead = {r[1] for r in disp}
-    rows = list(zip(*K.heap_rows(self._st))) + pops
+    rows = list(zip(*kernels.heap_rows(self._st))) + pops
     return sorted(Task(t, s, c, k, self._version[s], dt, bool(d))
                   for t, s, c, k, dt, d in rows if s not in ahead)
 
@@ -308,7 +310,7 @@ class Scheduler:
   @property
   def seq(self) -> int:
     """Tasks dispatched so far."""
-    return int(self._st.si[K.SEQ]) - length_hint(self._disp_it)
+    return int(self._st.si[kernels.SEQ]) - length_hint(self._disp_it)
 
   @property
   def task_counts(self) -> np.ndarray:
@@ -323,7 +325,7 @@ class Scheduler:
       raise RuntimeError("state_dict() between a pop and its dispatches")
     tasks = self.tasks()
     ahead = self._ahead()[1]
-    picks = ahead[0][7] if ahead else int(self._st.si[K.PICK_CTR])
+    picks = ahead[0][7] if ahead else int(self._st.si[kernels.PICK_CTR])
     return (dict(slowness=self.slowness, task_counts=self.task_counts,
                  **tasks_to_arrays(tasks, "heap_")),
             dict(in_flight=len(tasks), seq=self.seq,
@@ -332,13 +334,13 @@ class Scheduler:
 
   def load_state_dict(self, arrays: dict, host: dict):
     tasks = sorted(tasks_from_arrays(arrays, host["in_flight"], "heap_"))
-    self._st = K.new_state(self.num_clients, self._limit)
+    self._st = kernels.new_state(self.num_clients, self._limit)
     self._set_clients(arrays["slowness"], arrays["task_counts"])
-    K.load_heap(self._st, tasks)
+    kernels.load_heap(self._st, tasks)
     n, si = len(tasks), self._st.si
-    si[K.SEQ] = int(host["seq"])
-    si[K.PICK_CTR] = int(host["picks"]["pos"])
-    si[K.DRAW_START] = si[K.SEQ] - int(host["draws"]["pos"])
-    self._pick_arr = self._picks.load(host["picks"], int(si[K.PICK_CTR]))
-    self._draw_arr = self._draws.load(host["draws"], int(si[K.SEQ]))
+    si[kernels.SEQ] = int(host["seq"])
+    si[kernels.PICK_CTR] = int(host["picks"]["pos"])
+    si[kernels.DRAW_START] = si[kernels.SEQ] - int(host["draws"]["pos"])
+    self._pick_arr = self._picks.load(host["picks"], int(si[kernels.PICK_CTR]))
+    self._draw_arr = self._draws.load(host["draws"], int(si[kernels.SEQ]))
     self._reset_window({t.seq: t.start_version for t in tasks})
