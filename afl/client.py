@@ -262,6 +262,20 @@ def stack_rows(items):
   return stack_trees(*[as_tree(r) for r in items])
 
 
+def regather(rows: list, size: int) -> list:
+  """Rows of one cohort copied into a new [size, ...] array (`size` >=
+  len(rows), padded with the first row) and returned as Rows of it."""
+  idx = np.full(size, rows[0].index, np.int32)
+  idx[:len(rows)] = [r.index for r in rows]
+  stacked = rows[0].stacked
+  if jax.default_backend() == "cpu":  # on the host, as in stack_rows
+    stacked = jax.tree_util.tree_map(
+        lambda a: jax.device_put(np.asarray(a)[idx]), stacked)
+  else:
+    stacked = _take_rows(stacked, idx)
+  return [Row(stacked, i) for i in range(len(rows))]
+
+
 def host_rows(items) -> list:
   """The leaves of `stack_rows(items)` as numpy arrays, built on the host:
   each cohort is copied off the device once and indexed there, so stacking

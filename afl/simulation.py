@@ -15,8 +15,10 @@ import os
 import time
 from typing import Callable
 
+import jax
 import numpy as np
 
+from afl import backend as backend_lib
 from afl import build as build_lib
 from afl import client as client_lib
 from afl import divergence
@@ -43,6 +45,40 @@ class LoopState:
       default_factory=collections.Counter)
   untrained: list = dataclasses.field(default_factory=list)
   results: dict = dataclasses.field(default_factory=dict)  # seq -> (d, loss)
+  allocated: int = 0  # rows of the cohort arrays `results` may point into
+  compact_slack = 4096  # rows allowed beyond 3x the pending ones
+
+  def add_results(self, seqs, out):
+    """Stores a cohort's (delta, loss) per task; compacts when sparse."""
+    for s, r in zip(seqs, out):
+      self.results[s] = r
+    rows = {id(d.stacked): d.stacked for d, _ in out
+            if isinstance(d, client_lib.Row)}
+    self.allocated += sum(jax.tree_util.tree_leaves(a)[0].shape[0]
+                          for a in rows.values())
+    if self.allocated > 3 * len(self.results) + self.compact_slack:
+      self._compact()
+
+  def _compact(self):
+    """Copies the pending rows of cohorts that are more than half consumed
+    into arrays of their own (the same values, padded to a power of two), so
+    a cohort's array is not kept alive by its last few stragglers."""
+    cohorts = collections.defaultdict(list)
+    for s, (d, _) in self.results.items():
+      if isinstance(d, client_lib.Row):
+        cohorts[id(d.stacked)].append(s)
+    self.allocated = 0
+    for seqs in cohorts.values():
+      first = self.results[seqs[0]][0]
+      size = jax.tree_util.tree_leaves(first.stacked)[0].shape[0]
+      if 2 * len(seqs) >= size:
+        self.allocated += size
+        continue
+      rows = client_lib.regather([self.results[s][0] for s in seqs],
+                                 backend_lib.bucket_size(len(seqs)))
+      for s, row in zip(seqs, rows):
+        self.results[s] = (row, self.results[s][1])
+      self.allocated += backend_lib.bucket_size(len(seqs))
 
   def state_dict(self):
     arrays = {}
@@ -127,8 +163,7 @@ class Simulation:
                          [t.client_id for t in tasks],
                          [t.task_index for t in tasks],
                          self.c.client_root, self.c.data)
-    for t, r in zip(tasks, out):
-      loop.results[t.seq] = r
+    loop.add_results([t.seq for t in tasks], out)
     done = {t.seq for t in tasks}
     loop.untrained = [t for t in loop.untrained if t.seq not in done]
     self.history.cohort(len(tasks))

@@ -124,6 +124,7 @@ def main():
   if args.child:
     child(args.clients, args.versions, args.child, args.out)
     return
+  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   rows = []
   for variant in args.variants.split(","):
     if variant not in VARIANTS:
@@ -140,7 +141,6 @@ def main():
     os.remove(out)
     print(f"  {variant}: done", file=sys.stderr, flush=True)
   print(table(rows))
-  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(rows, f, indent=2)
   print(f"\nwrote {args.out}")

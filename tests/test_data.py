@@ -7,6 +7,7 @@ import pickle
 import sys
 import types
 
+import jax
 import numpy as np
 import pytest
 
@@ -453,3 +454,17 @@ def test_synthetic_images_are_protos_plus_clipped_noise():
     np.testing.assert_array_equal(x, want_x)
     assert x.dtype == np.float32
   assert k == 3
+
+
+def test_images_are_aligned_so_the_cpu_device_uses_them_in_place():
+  """64-byte aligned training images: on CPU `jax.device_put` aliases them
+  (one host copy of the dataset while the simulation is built)."""
+  for shape in [(3, 5), (1000, 8, 8, 1)]:
+    assert image_dataset.aligned_empty(shape).ctypes.data % 64 == 0
+  raw = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28, 1)
+  ds = image_dataset.make_image_dataset(
+      "x", (raw, np.zeros(2, np.int32), raw, np.zeros(2, np.int32)), 2, "t")
+  for x in (ds.train_x, image_dataset.synthetic_image_dataset(64, 8).train_x):
+    assert x.ctypes.data % 64 == 0
+    if jax.default_backend() == "cpu":
+      assert np.shares_memory(np.asarray(jax.device_put(x)), x)
