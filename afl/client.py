@@ -270,7 +270,8 @@ def regather(rows: list, size: int) -> list:
   stacked = rows[0].stacked
   if jax.default_backend() == "cpu":  # on the host, as in stack_rows
     stacked = jax.tree_util.tree_map(
-        lambda a: jax.device_put(np.asarray(a)[idx]), stacked)
+        lambda a: jax.device_put(np.take(np.asarray(a), idx, axis=0)),
+        stacked)
   else:
     stacked = _take_rows(stacked, idx)
   return [Row(stacked, i) for i in range(len(rows))]
@@ -280,8 +281,12 @@ def host_rows(items) -> list:
   """The leaves of `stack_rows(items)` as numpy arrays, built on the host:
   each cohort is copied off the device once and indexed there, so stacking
   thousands of rows (a checkpoint) compiles nothing."""
-  first = jax.tree_util.tree_leaves(as_tree(items[0]))
-  out = [np.empty((len(items),) + x.shape, x.dtype) for x in first]
+  first = items[0]
+  shapes = ([(x.shape[1:], x.dtype)
+             for x in jax.tree_util.tree_leaves(first.stacked)]
+            if isinstance(first, Row) else
+            [(np.shape(x), x.dtype) for x in jax.tree_util.tree_leaves(first)])
+  out = [np.empty((len(items),) + s, d) for s, d in shapes]
   cohorts = {}
   for pos, r in enumerate(items):
     if isinstance(r, Row):
@@ -293,7 +298,8 @@ def host_rows(items) -> list:
         o[pos] = np.asarray(x)
   for stacked, positions, indices in cohorts.values():
     for o, x in zip(out, jax.tree_util.tree_leaves(stacked)):
-      o[positions] = np.asarray(x)[indices]
+      # np.take, not x[indices]: several times faster for rows of floats.
+      o[positions] = np.take(np.asarray(x), indices, axis=0)
   return out
 
 
