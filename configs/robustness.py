@@ -7,10 +7,11 @@ no-attack run of a pipeline is `<pipeline>__none__0__s<seed>`. The set
 "tiny" is the same grid on configs/tiny.py for tests.
 
 The set "backdoor" measures norm bounding against the backdoor (Sun et al.
-2019, "Can You Really Backdoor Federated Learning?"): the default pipeline
-with every update first clipped to `aggregator.norm_clip` (0: none; 0.5
-and 0.25: about the median and half the median honest update norm on the
-demo, 0.46), under 5%, 10% and 20% backdoor clients and without attack.
+2019, "Can You Really Backdoor Federated Learning?"): centered clipping at
+tau = 1.0 (the default before its tau became 0.15) with trust, with every
+update first clipped to `aggregator.norm_clip` (0: none; 0.5 and 0.25:
+about the median and half the median honest update norm on the demo,
+0.46), under 5%, 10% and 20% backdoor clients and without attack.
 Names: `bound<norm_clip>__<attack>__<percent>__s0`.
 """
 from configs import fmnist_hybrid
@@ -41,17 +42,26 @@ PIPELINES = {
     "trimmed_mean": _agg("trimmed_mean", byzantine_fraction=ASSUMED_FRACTION),
     "krum": _agg("krum", byzantine_fraction=ASSUMED_FRACTION),
     "geomed": _agg("geomed"),
-    "centered_clip": _agg("centered_clip"),
-    "bucketing_cc": _agg("centered_clip", stages=("bucketing",)),
+    # Centered clipping at the radius the demo used before (tau = 1.0, about
+    # twice the median honest update norm, so it clips almost nothing);
+    # the default below runs tau = 0.15.
+    "centered_clip": _agg("centered_clip", tau=1.0),
+    "bucketing_cc": _agg("centered_clip", tau=1.0, stages=("bucketing",)),
     "momentum_bucketing_cc": _agg(
-        "centered_clip", stages=("client_momentum", "bucketing")),
+        "centered_clip", tau=1.0, stages=("client_momentum", "bucketing")),
     # The demo's earlier pipeline: trust-weighted trimmed mean assuming 30%
     # attackers, clipped at 2x the median norm, median fallback; trust on.
     "hybrid_trust": _HYBRID,
     "hybrid_root": {**_HYBRID, "trust": {"reference": "root"}},
-    "default": {},  # the demo's own pipeline (centered clipping + trust)
-    # The same with FLTrust's root reference (assumes server-held data).
-    "default_root": {"trust": {"reference": "root"}},
+    # Centered clipping + trust at tau = 1.0: the default until 2026-12-03.
+    "cc_trust_tau1": {"aggregator": {"tau": 1.0}},
+    # The demo's own pipeline: centered clipping at tau = 0.15 + trust.
+    "default": {},
+    # Centered clipping + trust at tau = 1.0 with FLTrust's root reference
+    # (assumes server-held data; measured before the default's tau became
+    # 0.15).
+    "default_root": {"aggregator": {"tau": 1.0},
+                     "trust": {"reference": "root"}},
 }
 
 
@@ -79,7 +89,7 @@ NORM_BOUNDS = (0.0, 0.5, 0.25)
 def _backdoor_grid():
   exps = []
   for bound in NORM_BOUNDS:
-    clip = {"aggregator": {"norm_clip": bound}, "seed": 0}
+    clip = {"aggregator": {"norm_clip": bound, "tau": 1.0}, "seed": 0}
     exps.append((f"bound{bound}__none__0__s0", fmnist_hybrid, clip))
     for fraction in BACKDOOR_FRACTIONS:
       exps.append((f"bound{bound}__backdoor__{round(100 * fraction)}__s0",
