@@ -57,11 +57,9 @@ PIPELINES = {
     "cc_trust_tau1": {"aggregator": {"tau": 1.0}},
     # The demo's own pipeline: centered clipping at tau = 0.15 + trust.
     "default": {},
-    # Centered clipping + trust at tau = 1.0 with FLTrust's root reference
-    # (assumes server-held data; measured before the default's tau became
-    # 0.15).
-    "default_root": {"aggregator": {"tau": 1.0},
-                     "trust": {"reference": "root"}},
+    # cc_trust_tau1 with FLTrust's root reference (assumes server-held data).
+    "cc_trust_tau1_root": {"aggregator": {"tau": 1.0},
+                           "trust": {"reference": "root"}},
 }
 
 
