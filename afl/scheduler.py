@@ -204,8 +204,8 @@ class Scheduler:
     out = np.zeros(2, np.int64)
     while True:
       status = kernels.advance(pattern, max_pops, self._limit, self._limit,
-                         self._st, self._base, self._pick_arr,
-                         self._draw_arr, pf, pi, df, di, out)
+                               self._st, self._base, self._pick_arr,
+                               self._draw_arr, pf, pi, df, di, out)
       if status == kernels.NEED_PICKS:
         si[kernels.PICK_START] = si[kernels.PICK_CTR]
         self._pick_arr = self._picks.block(int(si[kernels.PICK_CTR]))

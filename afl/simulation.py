@@ -74,11 +74,11 @@ class LoopState:
       if 2 * len(seqs) >= size:
         self.allocated += size
         continue
-      rows = client_lib.regather([self.results[s][0] for s in seqs],
-                                 backend_lib.bucket_size(len(seqs)))
+      padded = backend_lib.bucket_size(len(seqs))
+      rows = client_lib.regather([self.results[s][0] for s in seqs], padded)
       for s, row in zip(seqs, rows):
         self.results[s] = (row, self.results[s][1])
-      self.allocated += backend_lib.bucket_size(len(seqs))
+      self.allocated += padded
 
   def state_dict(self):
     arrays = {}

@@ -462,6 +462,10 @@ def test_images_are_aligned_so_the_cpu_device_uses_them_in_place():
   for shape in [(3, 5), (1000, 8, 8, 1)]:
     assert image_dataset.aligned_empty(shape).ctypes.data % 64 == 0
   raw = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28, 1)
+  unit = image_dataset._to_unit(raw)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(  # bit for bit the plain formula
+      unit.view(np.uint32),
+      (raw.astype(np.float32) * np.float32(1 / 255)).view(np.uint32))
   ds = image_dataset.make_image_dataset(
       "x", (raw, np.zeros(2, np.int32), raw, np.zeros(2, np.int32)), 2, "t")
   for x in (ds.train_x, image_dataset.synthetic_image_dataset(64, 8).train_x):
