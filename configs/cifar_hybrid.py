@@ -25,13 +25,14 @@ def get_config(arg=None):
                      duration_sigma=0.5, heterogeneity=0.7, network_delay=2.0,
                      dropout_prob=0.05)
   # The demo's pipeline, the best of the robustness table on Fashion-MNIST
-  # (README): centered clipping with trust's soft quarantine. There tau =
+  # (README): near-copies merged (stage dedup, scale-free: a cosine
+  # tolerance), then centered clipping with trust's soft quarantine. There tau =
   # 0.15 is about a third of the median honest update norm; CIFAR's update
   # norms differ (not measured here), so tau stays 1.0 until swept.
   # byzantine_fraction: the attacker share the robust rules assume
   # (trimmed mean, Krum, Bulyan, hybrid) when aggregator.name changes.
   c.aggregator.update(name="centered_clip", tau=1.0, iters=3,
-                      byzantine_fraction=0.3)
+                      byzantine_fraction=0.3, stages=("dedup",))
   c.trust.update(enabled=True, quarantine_scale=0.1)
   c.stop.update(max_versions=2000)
   c.eval.update(every_versions=50, batch_size=1000)

@@ -24,7 +24,10 @@ def get_config(arg=None):
                   staleness_fn="polynomial", staleness_a=0.5)
   c.scheduler.update(step_time=1.0, duration_dist="exponential",
                      heterogeneity=0.5, network_delay=1.0, dropout_prob=0.05)
-  # Centered clipping (Karimireddy et al. 2021: each update's pull on the
+  # Near-copies merged first (stage dedup: rows whose directions agree to
+  # cosine > 0.99 count as one row, as colluding attackers sending one
+  # crafted update, or copies of an honest one, do), then centered
+  # clipping (Karimireddy et al. 2021: each update's pull on the
   # center, the previous aggregate, bounded by tau) with trust's soft
   # quarantine weighting it: the best pipeline of the robustness table
   # (README, "The robustness table"). tau = 0.15, about a third of the
@@ -35,7 +38,7 @@ def get_config(arg=None):
   # byzantine_fraction: the attacker share the robust rules assume
   # (trimmed mean, Krum, Bulyan, hybrid) when aggregator.name changes.
   c.aggregator.update(name="centered_clip", tau=0.15, iters=3,
-                      byzantine_fraction=0.3)
+                      byzantine_fraction=0.3, stages=("dedup",))
   # Trust scores each update against the median of the others in good
   # standing, minus up to 0.5 for being a near copy (cosine > 0.99) of
   # another update of the buffer; a client is quarantined when its mean

@@ -54,11 +54,15 @@ PIPELINES = {
     "hybrid_trust": _HYBRID,
     "hybrid_root": {**_HYBRID, "trust": {"reference": "root"}},
     # Centered clipping + trust at tau = 1.0: the default until 2026-12-03.
-    "cc_trust_tau1": {"aggregator": {"tau": 1.0}},
-    # The demo's own pipeline: centered clipping at tau = 0.15 + trust.
+    "cc_trust_tau1": {"aggregator": {"tau": 1.0, "stages": ()}},
+    # Centered clipping at tau = 0.15 + trust, without duplicate merging:
+    # the default on 2026-12-03.
+    "cc_trust": {"aggregator": {"stages": ()}},
+    # The demo's own pipeline: duplicate merging, then centered clipping at
+    # tau = 0.15, + trust.
     "default": {},
     # cc_trust_tau1 with FLTrust's root reference (assumes server-held data).
-    "cc_trust_tau1_root": {"aggregator": {"tau": 1.0},
+    "cc_trust_tau1_root": {"aggregator": {"tau": 1.0, "stages": ()},
                            "trust": {"reference": "root"}},
 }
 
@@ -87,7 +91,8 @@ NORM_BOUNDS = (0.0, 0.5, 0.25)
 def _backdoor_grid():
   exps = []
   for bound in NORM_BOUNDS:
-    clip = {"aggregator": {"norm_clip": bound, "tau": 1.0}, "seed": 0}
+    clip = {"aggregator": {"norm_clip": bound, "tau": 1.0, "stages": ()},
+            "seed": 0}
     exps.append((f"bound{bound}__none__0__s0", fmnist_hybrid, clip))
     for fraction in BACKDOOR_FRACTIONS:
       exps.append((f"bound{bound}__backdoor__{round(100 * fraction)}__s0",

@@ -1,4 +1,5 @@
-"""The registered pre-aggregation stages (bucketing, NNM) against numpy."""
+"""The registered pre-aggregation stages (bucketing, NNM) against numpy
+(duplicate merging: tests/test_dedup.py)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -180,7 +181,7 @@ def test_huge_finite_rows_stay_finite(name, params):
                              rtol=1e-4, atol=1e25)
 
 
-@pytest.mark.parametrize("name", ["bucketing", "nnm"])
+@pytest.mark.parametrize("name", ["bucketing", "nnm", "dedup"])
 def test_private_aggregation_refuses_the_stages(name):
   c = base_config()
   c.aggregator.stages = (name,)
@@ -195,7 +196,8 @@ def test_private_aggregation_refuses_the_stages(name):
 
 @pytest.mark.parametrize("stage_names,aggregator",
                          [(("bucketing",), "centered_clip"),
-                          (("nnm", "bucketing"), "median")])
+                          (("nnm", "bucketing"), "median"),
+                          (("dedup", "bucketing"), "krum")])
 def test_tiny_simulation_with_stages(stage_names, aggregator):
   c = tiny.get_config()
   c.server.update(buffer_size=6)

@@ -55,10 +55,11 @@ def _norms(x: jax.Array) -> jax.Array:
                      jnp.finfo(jnp.float32).max)
 
 
-def max_cosine_with_others(flat: jax.Array, valid: jax.Array) -> jax.Array:
-  """[K, D], [K] -> [K]: max_{j != k, valid j} cos(x_k, x_j) for valid rows
-  k (-1 where there is no such j, or either row is 0; rows are scaled by
-  their largest entry first, so any finite input gives a finite result)."""
+def pairwise_cosines(flat: jax.Array, valid: jax.Array):
+  """[K, D], [K] -> (cos [K, K], pair [K, K] bool): cosines between rows,
+  and which pairs have one (both rows valid and nonzero, j != k). Rows are
+  scaled by their largest entry first, so any finite input gives finite
+  cosines."""
   x = jnp.where(valid[:, None], flat, 0.0).astype(jnp.float32)
   top = jnp.max(jnp.abs(x), axis=1, keepdims=True)
   x = x / jnp.where(top > 0, top, 1.0)
@@ -68,6 +69,13 @@ def max_cosine_with_others(flat: jax.Array, valid: jax.Array) -> jax.Array:
   k = x.shape[0]
   pair = (valid[:, None] & valid[None, :] & ~jnp.eye(k, dtype=bool)
           & (n > 0) & (n.T > 0))
+  return gram, pair
+
+
+def max_cosine_with_others(flat: jax.Array, valid: jax.Array) -> jax.Array:
+  """[K, D], [K] -> [K]: max_{j != k, valid j} cos(x_k, x_j) for valid rows
+  k (-1 where there is no such j, or either row is 0; `pairwise_cosines`)."""
+  gram, pair = pairwise_cosines(flat, valid)
   return jnp.max(jnp.where(pair, gram, -1.0), axis=1)
 
 

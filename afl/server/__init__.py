@@ -7,7 +7,7 @@
 - `server`: `Server`, holding the state for the loop.
 - `modes`: fedasync, fedbuff, sync.
 - `build`: all of it from an experiment config.
-- `momentum`, `bucketing`, `nnm`: registered pre-aggregation stages.
+- `momentum`, `bucketing`, `nnm`, `duplicates`: registered pre-aggregation stages.
 """
 from afl.server.rows import Arrival, Rows
 from afl.server.server import Server
@@ -15,5 +15,6 @@ from afl.server.staleness import staleness_weight
 from afl.server.step import ServerSpec, ServerState
 # Registered pre-aggregation stages (imported for registration).
 from afl.server import bucketing  # noqa: F401,E402
+from afl.server import duplicates  # noqa: F401,E402
 from afl.server import momentum  # noqa: F401,E402
 from afl.server import nnm  # noqa: F401,E402

@@ -89,38 +89,51 @@ def staleness_scaling() -> Stage:
       flat=rows.flat * rows.scale[:, None]))
 
 
-def merge_client_rows() -> Stage:
-  """Rows of the same client become one row, at its first position.
+def merge_groups(rows, rep: jax.Array, total_weight: bool = True):
+  """Rows of each group become one row, at the group's representative.
 
-  The merged row is the weighted mean of the client's rows, its weight the
-  sum of their weights and its staleness weight their weighted mean; the
-  other rows leave the mask. A client's weight-times-row total is thus
-  unchanged (a weighted mean of the rows gives the same aggregate), while
-  every robust rule, trust, DP clipping and secure aggregation sees each
-  client once. A client with one row keeps it bit for bit; merged-away
-  rows are zeroed.
+  `rep[i]` is the representative row of valid row i's group, itself a
+  member with `rep[rep[i]] == rep[i]`. The merged row is the weighted mean
+  of the group's rows and its staleness weight their weighted mean; its
+  weight is the sum of theirs (`total_weight`) or their mean. The other
+  rows leave the mask and are zeroed; a group of one row keeps it bit for
+  bit.
+  """
+  k = rows.ids.shape[0]
+  ok = rows.mask
+  rep = jnp.where(ok, rep, jnp.arange(k))
+  first = ok & (rep == jnp.arange(k))
+  count = jax.ops.segment_sum(ok.astype(jnp.int32), rep, k)
+  w = jnp.where(ok, rows.weight, 0.0)
+  total_w = jax.ops.segment_sum(w, rep, k)
+  safe_w = jnp.where(total_w > 0, total_w, 1.0)
+  merged = jax.ops.segment_sum(w[:, None] * rows.flat, rep, k) / (
+      safe_w[:, None])
+  scale = jax.ops.segment_sum(w * rows.scale, rep, k) / safe_w
+  weight = (total_w if total_weight
+            else total_w / jnp.maximum(count, 1).astype(total_w.dtype))
+  dup = count > 1
+  return rows.replace(
+      flat=jnp.where(first[:, None],
+                     jnp.where(dup[:, None], merged, rows.flat), 0.0),
+      weight=jnp.where(dup, weight, rows.weight),
+      scale=jnp.where(dup, scale, rows.scale),
+      mask=first)
+
+
+def merge_client_rows() -> Stage:
+  """Rows of the same client become one row, at its first position
+  (`merge_groups`, weight the sum of the client's).
+
+  A client's weight-times-row total is thus unchanged (a weighted mean of
+  the rows gives the same aggregate), while every robust rule, trust, DP
+  clipping and secure aggregation sees each client once. A client with one
+  row keeps it bit for bit; merged-away rows are zeroed.
   """
   def apply(rows):
-    k = rows.ids.shape[0]
     ok = rows.mask
     same = (rows.ids[:, None] == rows.ids[None, :]) & ok[:, None] & ok[None, :]
-    # rep[i]: the first valid row of row i's client (i itself if invalid).
-    rep = jnp.where(ok, jnp.argmax(same, axis=1), jnp.arange(k))
-    first = ok & (rep == jnp.arange(k))
-    count = jnp.sum(same, axis=1)
-    w = jnp.where(ok, rows.weight, 0.0)
-    total_w = jax.ops.segment_sum(w, rep, k)
-    safe_w = jnp.where(total_w > 0, total_w, 1.0)
-    merged = jax.ops.segment_sum(w[:, None] * rows.flat, rep, k) / (
-        safe_w[:, None])
-    scale = jax.ops.segment_sum(w * rows.scale, rep, k) / safe_w
-    dup = (count > 1)
-    return rows.replace(
-        flat=jnp.where(first[:, None],
-                       jnp.where(dup[:, None], merged, rows.flat), 0.0),
-        weight=jnp.where(dup, total_w, rows.weight),
-        scale=jnp.where(dup, scale, rows.scale),
-        mask=first)
+    return merge_groups(rows, jnp.argmax(same, axis=1))
   return _stateless(apply)
 
 
