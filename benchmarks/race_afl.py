@@ -46,7 +46,7 @@ def race_config(meta: dict, mode: str = "sync"):
                   optimizer_kwargs=dict(momentum=meta["momentum"]))
   c.server.update(mode=mode, buffer_size=meta["clients_per_round"],
                   lr=meta["server_lr"], weight_by_examples=True)
-  c.aggregator.name = "mean"
+  c.aggregator.update(name="mean", stages=())
   c.trust.enabled = False
   c.scheduler.dropout_prob = 0.0
   c.stop.max_versions = meta["rounds"]

@@ -26,10 +26,14 @@ ATTACKS = ("sign_flip", "alie", "ipm", "label_flip", "backdoor", "gaussian",
 AGGREGATORS = ("mean", "median", "trimmed_mean", "hybrid")
 ATTACK_FRACTION = 0.3
 
-# The demo config runs centered clipping with trust scores; every row but
-# those naming an aggregator and trust turns both off, so that each row
-# changes one thing against `fedbuff` (plain FedBuff with a mean).
-_PLAIN = {"aggregator": {"name": "mean"}, "trust": {"enabled": False}}
+# The demo config runs duplicate merging and centered clipping with trust
+# scores; every row but those naming an aggregator and trust turns all of
+# it off, so that each row changes one thing against `fedbuff` (plain
+# FedBuff with a mean).
+_PLAIN = {"aggregator": {"name": "mean", "stages": ()},
+          "trust": {"enabled": False}}
+_HYBRID_TRUST = {"aggregator": {"name": "hybrid", "stages": ()},
+                 "trust": {"enabled": True}}
 # As configs/fmnist_hybrid_dp.py: less momentum, which would otherwise
 # accumulate the DP noise over the local steps.
 _CLIENT_DP = {"client": {"optimizer_kwargs": {"momentum": 0.5}},
@@ -62,8 +66,7 @@ def _default_set():
           _PLAIN, attack, {"aggregator": {"name": agg}})))
     # The hybrid aggregator weighted by trust scores.
     exps.append((f"attack_{kind}__hybrid_trust", base, _merge(
-        attack, {"aggregator": {"name": "hybrid"},
-                 "trust": {"enabled": True}})))
+        attack, _HYBRID_TRUST)))
   exps += [
       ("dp_client", base, _merge(_PLAIN, _CLIENT_DP)),
       # Server DP calibrates noise to a sum of clipped updates: plain mean,
@@ -75,10 +78,8 @@ def _default_set():
           "kind": "topk", "ratio": 0.01, "error_feedback": True}})),
       ("topk_0.01_noef", base, _merge(_PLAIN, {"compression": {
           "kind": "topk", "ratio": 0.01, "error_feedback": False}})),
-      ("async_hybrid_trust_dp", base, _merge(_CLIENT_DP, {
-          "server": {"mode": "fedbuff"},
-          "aggregator": {"name": "hybrid"},
-          "trust": {"enabled": True}})),
+      ("async_hybrid_trust_dp", base, _merge(
+          _CLIENT_DP, _HYBRID_TRUST, {"server": {"mode": "fedbuff"}})),
   ]
   return exps
 
