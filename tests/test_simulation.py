@@ -28,14 +28,19 @@ def _run(workdir=None, **overrides):
   return sim, summary
 
 
-@pytest.mark.parametrize("mode,stages", [
-    ("fedasync", ()), ("fedbuff", ()), ("sync", ()),
-    ("fedbuff", ("client_momentum",))])
-def test_lazy_batching_equals_one_by_one(mode, stages):
+@pytest.mark.parametrize("mode,stages,attack", [
+    ("fedasync", (), "none"), ("fedbuff", (), "none"), ("sync", (), "none"),
+    ("fedbuff", ("client_momentum",), "none"),
+    ("fedbuff", ("client_momentum", "bucketing"), "none"),
+    # IPM attackers share one vector: duplicate merging has work to do.
+    ("fedbuff", ("dedup", "bucketing"), "ipm")])
+def test_lazy_batching_equals_one_by_one(mode, stages, attack):
   """The exactness claim (docs/architecture.md): cohorts change nothing,
-  also with server-side per-client state (client momentum)."""
+  also with server-side per-client state (client momentum) and keyed or
+  data-dependent stages (bucketing, duplicate merging)."""
   same = {"server.mode": mode, "scheduler.dropout_prob": 0.2,
-          "aggregator.stages": stages}
+          "aggregator.stages": stages, "attack.kind": attack,
+          "attack.fraction": 0.3 if attack != "none" else 0.0}
   lazy, s1 = _run(**same, **{"client.lazy_batching": True})
   ref, s2 = _run(**same, **{"client.lazy_batching": False})
   assert s1["mean_cohort_size"] > 1.0  # batching really happened
