@@ -27,6 +27,9 @@ import numpy as np  # noqa: E402
 import scipy.stats  # noqa: E402
 
 from afl import aggregators  # noqa: E402
+import afl.server  # noqa: E402,F401  (registers the stages)
+from afl.server import stages  # noqa: E402
+from afl.server.rows import Rows  # noqa: E402
 
 # label -> (registry name, kwargs). Hyperparameters are typical, not tuned.
 KERNELS = {
@@ -40,7 +43,12 @@ KERNELS = {
     "geomed": ("geomed", {"max_iters": 20, "tol": 1e-6}),
     "centered_clip": ("centered_clip", {"tau": 1.0, "iters": 3}),
     "hybrid": ("hybrid", {}),
+    # The demo's default: the server's validity stage, duplicate merging
+    # (a [K, K] Gram matrix), then centered clipping at its tau.
+    "dedup_cc": ("centered_clip", {"tau": 0.15, "iters": 3}),
 }
+# Labels whose rows first pass the validity and dedup stages.
+_DEDUP = ("dedup_cc",)
 # Host references on the valid rows (timed the same way, no jit).
 REFERENCES = ("np.median", "scipy.trim_mean")
 
@@ -72,6 +80,20 @@ def _time(fn, repeats):
   return times
 
 
+def _dedup(u, w, m):
+  """The rows after the server's validity and dedup stages, as an
+  aggregator's (updates, weights, mask)."""
+  k = u.shape[0]
+  rows = Rows(flat=u, weight=w, scale=jnp.ones(k), mask=m,
+              ids=jnp.arange(k, dtype=jnp.int32), malicious=jnp.zeros(k, bool),
+              aggregate=jnp.zeros(u.shape[1], u.dtype))
+  rows, _ = stages.validity().apply(rows, jnp.zeros((), jnp.int32))
+  entry = stages.REGISTRY["dedup"]
+  dedup = entry.build(entry.params(), key=jax.random.PRNGKey(0))
+  rows, _ = dedup.apply(rows, ())
+  return {"u": rows.flat}, rows.weight, rows.mask
+
+
 def bench_point(k, d, kernels, repeats):
   """Times every kernel and reference at one (K, D); returns {label: times}."""
   x, w, mask = _matrix(k, d)
@@ -89,6 +111,9 @@ def bench_point(k, d, kernels, repeats):
     agg = aggregators.get(name, **kw)
     state = agg.init({"u": xj})
     fn = jax.jit(lambda u, w, m, s, agg=agg: agg.apply({"u": u}, w, m, s)[0])
+    if label in _DEDUP:
+      fn = jax.jit(lambda u, w, m, s, agg=agg: agg.apply(
+          *_dedup(u, w, m), s)[0])
     res[label] = _time(lambda fn=fn, s=state: fn(xj, wj, mj, s), repeats)
     print(f"  K={k} D={d} {label}: {min(res[label]) * 1e3:.1f} ms",
           file=sys.stderr, flush=True)

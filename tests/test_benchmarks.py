@@ -15,8 +15,9 @@ _DEV_ONLY = ("ml_collections", "chex", "transformers", "datasets",
              "dp_accounting", "torch", "tqdm", "matplotlib", "numba")
 
 
-def test_throughput_runs_without_dev_packages(tmp_path):
-  out = tmp_path / "t.json"
+def _run_without_dev_packages(script, argv):
+  """Runs benchmarks/`script` with `argv` where importing a dev-only
+  package fails, as in a bare CUDA JAX image; returns the process."""
   # Absent as in such an image: importing them fails, and they are not in
   # sys.modules (scipy looks for torch there).
   code = (f"import sys, runpy, importlib.abc\n"
@@ -25,15 +26,33 @@ def test_throughput_runs_without_dev_packages(tmp_path):
           f"    if name.split('.')[0] in {_DEV_ONLY!r}:\n"
           f"      raise ModuleNotFoundError(name)\n"
           f"sys.meta_path.insert(0, Absent())\n"
-          f"sys.argv = ['throughput.py', '--workloads', 'mlp', '--backends',"
-          f" 'loop:1,vmap:1', '--cohorts', '2', '--repeats', '1',"
-          f" '--min-seconds', '0', '--out', {str(out)!r}]\n"
-          f"runpy.run_path('benchmarks/throughput.py', run_name='__main__')\n")
+          f"sys.argv = [{script!r}] + {list(argv)!r}\n"
+          f"runpy.run_path('benchmarks/{script}', run_name='__main__')\n")
   res = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
   assert res.returncode == 0, res.stderr[-2000:]
+  return res
+
+
+def test_throughput_runs_without_dev_packages(tmp_path):
+  out = tmp_path / "t.json"
+  res = _run_without_dev_packages("throughput.py", [
+      "--workloads", "mlp", "--backends", "loop:1,vmap:1", "--cohorts", "2",
+      "--repeats", "1", "--min-seconds", "0", "--out", str(out)])
   rows = [l for l in res.stdout.splitlines() if l.startswith("| mlp")]
   assert len(rows) == 2 and "| 1.00x |" in rows[0], res.stdout
+  assert out.exists()
+
+
+def test_aggregation_runs_without_dev_packages(tmp_path):
+  """Every kernel, the default's duplicate merging included."""
+  out = tmp_path / "a.json"
+  res = _run_without_dev_packages("aggregation.py", [
+      "--points", "8x1000", "--repeats", "1", "--out", str(out)])
+  import aggregation  # pylint: disable=g-import-not-at-top
+  row = [l for l in res.stdout.splitlines() if l.startswith("| 8 ")]
+  assert len(row) == 1, res.stdout
+  assert row[0].count("ms (") == 2 + len(aggregation.KERNELS), row[0]
   assert out.exists()
 
 

@@ -63,13 +63,15 @@ def pairwise_cosines(flat: jax.Array, valid: jax.Array):
   x = jnp.where(valid[:, None], flat, 0.0).astype(jnp.float32)
   top = jnp.max(jnp.abs(x), axis=1, keepdims=True)
   x = x / jnp.where(top > 0, top, 1.0)
-  n = jnp.sqrt(jnp.sum(x * x, axis=1, keepdims=True))
-  u = x / jnp.where(n > 0, n, 1.0)
-  gram = jnp.dot(u, u.T, precision=jax.lax.Precision.HIGHEST)
+  # Scaled rows have squared norms in [1, D]: the Gram matrix is finite and
+  # its diagonal gives the norms (one pass over the rows instead of two).
+  gram = jnp.dot(x, x.T, precision=jax.lax.Precision.HIGHEST)
+  n = jnp.sqrt(jnp.diagonal(gram))
   k = x.shape[0]
   pair = (valid[:, None] & valid[None, :] & ~jnp.eye(k, dtype=bool)
-          & (n > 0) & (n.T > 0))
-  return gram, pair
+          & (n[:, None] > 0) & (n[None, :] > 0))
+  den = jnp.where(pair, n[:, None] * n[None, :], 1.0)
+  return jnp.clip(gram / den, -1.0, 1.0), pair
 
 
 def max_cosine_with_others(flat: jax.Array, valid: jax.Array) -> jax.Array:
