@@ -16,6 +16,14 @@ writes, is checked by orbax's reading alone), falls back to the next older
 step when it is damaged, naming it in a warning, and moves damaged steps
 aside to `checkpoints_damaged/` (never deleted); with no intact step it
 stops with one line (`CheckpointError`).
+
+numpy leaves whose dtype JAX keeps (not 64-bit ones while x64 is off) are
+handed to orbax as CPU `jax.Array`s: orbax deep-copies numpy arrays before
+writing them in the background, which for the 300 MB of pending updates
+at a million clients cost more than the write, while `jax.device_put` on
+the CPU device uses a numpy buffer in place. `save` waits for the write,
+so nothing changes those buffers meanwhile; `restore` copies such leaves
+back into writable numpy arrays.
 """
 from __future__ import annotations
 
@@ -101,7 +109,7 @@ def save(mngr: ocp.CheckpointManager, components: dict, step: int,
   items, host = {}, dict(elapsed=elapsed)
   for name, component in components.items():
     arrays, host[name] = component.state_dict()
-    items[name] = ocp.args.StandardSave(_nonempty(arrays))
+    items[name] = ocp.args.StandardSave(_for_orbax(_nonempty(arrays)))
   mngr.save(step, args=ocp.args.Composite(host=ocp.args.JsonSave(host),
                                           **items))
   mngr.wait_until_finished()
@@ -162,10 +170,27 @@ def restore(mngr: ocp.CheckpointManager, components: dict,
   restored = mngr.restore(step, args=ocp.args.Composite(
       **{name: ocp.args.StandardRestore() for name in components}))
   for name, component in components.items():
-    arrays = jax.tree_util.tree_map(np.asarray, dict(restored[name]))
+    arrays = jax.tree_util.tree_map(_writable, dict(restored[name]))
     arrays.pop("_present")
     component.load_state_dict(arrays, host[name])
   return host["elapsed"]
+
+
+def _for_orbax(arrays: dict) -> dict:
+  """numpy leaves of a dtype JAX keeps -> CPU jax.Arrays (module doc)."""
+  cpu = jax.devices("cpu")[0]
+
+  def put(x):
+    if (isinstance(x, np.ndarray)
+        and jax.dtypes.canonicalize_dtype(x.dtype) == x.dtype):
+      return jax.device_put(x, cpu)
+    return x
+  return jax.tree_util.tree_map(put, arrays)
+
+
+def _writable(x):
+  # A restored jax.Array's numpy view is read-only: copy it out.
+  return np.array(x) if isinstance(x, jax.Array) else np.asarray(x)
 
 
 def _nonempty(arrays: dict) -> dict:

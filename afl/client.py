@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from afl import aligned
 from afl import sampling
 from afl.privacy import dp_sgd
 
@@ -286,7 +287,9 @@ def host_rows(items) -> list:
              for x in jax.tree_util.tree_leaves(first.stacked)]
             if isinstance(first, Row) else
             [(np.shape(x), x.dtype) for x in jax.tree_util.tree_leaves(first)])
-  out = [np.empty((len(items),) + s, d) for s, d in shapes]
+  # Aligned: a checkpoint hands them to orbax through jax.device_put,
+  # which then copies nothing.
+  out = [aligned.aligned_empty((len(items),) + s, d) for s, d in shapes]
   cohorts = {}
   for pos, r in enumerate(items):
     if isinstance(r, Row):

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from afl import aligned
 from afl.data import hf_images
 from afl.data import image_dataset
 from afl.data import image_files
@@ -459,8 +460,12 @@ def test_synthetic_images_are_protos_plus_clipped_noise():
 def test_images_are_aligned_so_the_cpu_device_uses_them_in_place():
   """64-byte aligned training images: on CPU `jax.device_put` aliases them
   (one host copy of the dataset while the simulation is built)."""
-  for shape in [(3, 5), (1000, 8, 8, 1)]:
-    assert image_dataset.aligned_empty(shape).ctypes.data % 64 == 0
+  for shape in [(3, 5), (1000, 8, 8, 1), (2000, 28, 28)]:  # last: mapped
+    x = aligned.aligned_empty(shape)
+    assert x.ctypes.data % 64 == 0 and x.shape == shape and x.flags.writeable
+    x[...] = 1.5
+    if jax.default_backend() == "cpu":
+      assert np.shares_memory(np.asarray(jax.device_put(x)), x)
   raw = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28, 1)
   unit = image_dataset._to_unit(raw)  # pylint: disable=protected-access
   np.testing.assert_array_equal(  # bit for bit the plain formula

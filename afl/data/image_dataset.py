@@ -10,6 +10,7 @@ import dataclasses
 
 import numpy as np
 
+from afl import aligned
 from afl.data.splits import SplitDataset
 
 
@@ -63,21 +64,9 @@ def _channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return mean.astype(np.float32), std.astype(np.float32)
 
 
-def aligned_empty(shape, dtype=np.float32) -> np.ndarray:
-  """An uninitialized array whose data starts on a 64-byte boundary: XLA's
-  CPU client then uses it in place (`jax.device_put` aliases it instead of
-  copying), so the training images are held once, not twice, while the
-  simulation is built."""
-  dtype = np.dtype(dtype)
-  nbytes = int(np.prod(shape)) * dtype.itemsize
-  buf = np.empty(nbytes + 64, np.uint8)
-  start = -buf.ctypes.data % 64
-  return buf[start:start + nbytes].view(dtype).reshape(shape)
-
-
 def _to_unit(x: np.ndarray) -> np.ndarray:
   if x.dtype == np.uint8:  # = x.astype(float32) * (1/255), bit for bit
-    out = aligned_empty(x.shape)
+    out = aligned.aligned_empty(x.shape)
     return np.multiply(x, np.float32(1.0 / 255.0), out=out, dtype=np.float32)
   return np.asarray(x, np.float32)
 
@@ -159,7 +148,7 @@ def synthetic_raw(num_train, num_test, shape=(8, 8, 1), num_classes=4,
     # protos[y] + noise * N(0, 1), computed in place and in row blocks (the
     # same float32 values; no full-size temporaries at millions of rows).
     x = rng.standard_normal((n,) + shape, np.float32,
-                            out=aligned_empty((n,) + shape))
+                            out=aligned.aligned_empty((n,) + shape))
     x *= np.float32(noise)
     for lo in range(0, n, 65536):
       x[lo:lo + 65536] += protos[y[lo:lo + 65536]]
