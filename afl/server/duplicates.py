@@ -7,8 +7,10 @@ are exactly zero, with each other) are near-copies; the groups they form
 mean of their weights. A group thus weighs what one of its rows would.
 
 Honest clients training on different data do not send the same direction
-(on the demo the largest cosine between two honest updates of a buffer is
-far below 0.99), while colluding attackers that share one crafted update
+(on the demo the largest cosine between two honest updates of a buffer was
+0.79 with Dirichlet clients and 0.92 with IID ones, in the first version,
+when all start from the same model; honest near-copies would be merged
+too), while colluding attackers that share one crafted update
 do: ALIE, IPM, min-max and min-sum send one vector from every attacker of
 a buffer, and mimic sends copies of one honest row (FoolsGold's
 observation, Fung et al. 2020, that Sybils look alike). Merging makes k
