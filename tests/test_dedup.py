@@ -99,6 +99,12 @@ def test_dedup_against_brute_force(seed):
                              rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(out.weight[e_m], e_w[e_m], rtol=1e-6)
   np.testing.assert_allclose(out.scale[e_m], e_s[e_m], rtol=1e-6)
+  # A group is malicious if any of its rows is.
+  mal = np.zeros(K, bool)
+  mal[9] = True
+  rows = _rows(flat, mask, weight, scale).replace(malicious=jnp.asarray(mal))
+  flagged, _ = stage.apply(rows, ())
+  assert np.flatnonzero(np.asarray(flagged.malicious)).tolist() == [5, 9]
   # A lone row is kept bit for bit.
   np.testing.assert_array_equal(out.flat[0], flat[0])
 

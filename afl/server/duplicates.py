@@ -19,8 +19,8 @@ one), for any aggregator after it, Krum included. An attacker that adds
 noise beyond the tolerance to each copy is not merged; trust's duplicate
 term (`afl.aggregators.trust`) uses the same cosine.
 
-The merged row keeps the id, and the malicious flag is that of the
-group's first row. Not linear, so secure aggregation cannot follow it.
+The merged row keeps the id of the group's first row and is malicious if
+any of its rows is. Not linear, so secure aggregation cannot follow it.
 """
 from __future__ import annotations
 

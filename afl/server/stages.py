@@ -95,7 +95,8 @@ def merge_groups(rows, rep: jax.Array, total_weight: bool = True):
   `rep[i]` is the representative row of valid row i's group, itself a
   member with `rep[rep[i]] == rep[i]`. The merged row is the weighted mean
   of the group's rows and its staleness weight their weighted mean; its
-  weight is the sum of theirs (`total_weight`) or their mean. The other
+  weight is the sum of theirs (`total_weight`) or their mean; it is
+  malicious if any of them is. The other
   rows leave the mask and are zeroed; a group of one row keeps it bit for
   bit.
   """
@@ -112,12 +113,14 @@ def merge_groups(rows, rep: jax.Array, total_weight: bool = True):
   scale = jax.ops.segment_sum(w * rows.scale, rep, k) / safe_w
   weight = (total_w if total_weight
             else total_w / jnp.maximum(count, 1).astype(total_w.dtype))
+  bad = jax.ops.segment_sum((ok & rows.malicious).astype(jnp.int32), rep, k)
   dup = count > 1
   return rows.replace(
       flat=jnp.where(first[:, None],
                      jnp.where(dup[:, None], merged, rows.flat), 0.0),
       weight=jnp.where(dup, weight, rows.weight),
       scale=jnp.where(dup, scale, rows.scale),
+      malicious=jnp.where(dup, bad > 0, rows.malicious),
       mask=first)
 
 
