@@ -8,7 +8,8 @@ no-attack run of a pipeline is `<pipeline>__none__0__s<seed>`. The set
 
 The set "backdoor" measures norm bounding against the backdoor (Sun et al.
 2019, "Can You Really Backdoor Federated Learning?"): centered clipping at
-tau = 1.0 (the default before its tau became 0.15) with trust, with every
+tau = 1.0 (the default before its tau became 0.15) with trust and without
+duplicate merging, with every
 update first clipped to `aggregator.norm_clip` (0: none; 0.5 and 0.25:
 about the median and half the median honest update norm on the demo,
 0.46), under 5%, 10% and 20% backdoor clients and without attack.
