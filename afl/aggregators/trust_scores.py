@@ -57,10 +57,16 @@ def _norms(x: jax.Array) -> jax.Array:
 
 def pairwise_cosines(flat: jax.Array, valid: jax.Array):
   """[K, D], [K] -> (cos [K, K], pair [K, K] bool): cosines between rows,
-  and which pairs have one (both rows valid and nonzero, j != k). Rows are
-  scaled by their largest entry first, so any finite input gives finite
-  cosines."""
-  x = jnp.where(valid[:, None], flat, 0.0).astype(jnp.float32)
+  and which pairs have one (both rows valid and nonzero, j != k; cos is 0
+  elsewhere). Rows are scaled by their largest entry first, so any finite
+  input gives finite cosines.
+
+  The Gram matrix does not depend on `valid` (an invalid row, even a
+  non-finite one, only touches its own row and column, masked afterwards),
+  so where trust and the `dedup` stage both take cosines of the same rows
+  in one jitted step, XLA computes the K^2 D products once.
+  """
+  x = flat.astype(jnp.float32)
   top = jnp.max(jnp.abs(x), axis=1, keepdims=True)
   x = x / jnp.where(top > 0, top, 1.0)
   # Scaled rows have squared norms in [1, D]: the Gram matrix is finite and
@@ -71,7 +77,7 @@ def pairwise_cosines(flat: jax.Array, valid: jax.Array):
   pair = (valid[:, None] & valid[None, :] & ~jnp.eye(k, dtype=bool)
           & (n[:, None] > 0) & (n[None, :] > 0))
   den = jnp.where(pair, n[:, None] * n[None, :], 1.0)
-  return jnp.clip(gram / den, -1.0, 1.0), pair
+  return jnp.where(pair, jnp.clip(gram / den, -1.0, 1.0), 0.0), pair
 
 
 def max_cosine_with_others(flat: jax.Array, valid: jax.Array) -> jax.Array:
@@ -120,7 +126,8 @@ def row_scores(flat: jax.Array, valid: jax.Array, cfg,
   penalty = (cfg.norm_penalty * jnp.maximum(
       0.0, jnp.log(rho / cfg.norm_tolerance)) if cfg.norm_penalty else 0.0)
   if cfg.duplicate_penalty:
-    copy = jnp.maximum(0.0, max_cosine_with_others(x, valid)
+    # `flat`, not the masked `x`: the same cosines as `dedup`'s (shared).
+    copy = jnp.maximum(0.0, max_cosine_with_others(flat, valid)
                        - cfg.duplicate_tolerance)
     penalty = penalty + (cfg.duplicate_penalty * copy
                          / (1.0 - cfg.duplicate_tolerance))

@@ -7,7 +7,8 @@
 - `server`: `Server`, holding the state for the loop.
 - `modes`: fedasync, fedbuff, sync.
 - `build`: all of it from an experiment config.
-- `momentum`, `bucketing`, `nnm`, `duplicates`: registered pre-aggregation stages.
+- `momentum`, `bucketing`, `nnm`, `duplicates`: registered pre-aggregation
+  stages.
 """
 from afl.server.rows import Arrival, Rows
 from afl.server.server import Server

@@ -96,9 +96,8 @@ def merge_groups(rows, rep: jax.Array, total_weight: bool = True):
   member with `rep[rep[i]] == rep[i]`. The merged row is the weighted mean
   of the group's rows and its staleness weight their weighted mean; its
   weight is the sum of theirs (`total_weight`) or their mean; it is
-  malicious if any of them is. The other
-  rows leave the mask and are zeroed; a group of one row keeps it bit for
-  bit.
+  malicious if any of them is. The other rows leave the mask and are
+  zeroed; a group of one row keeps it bit for bit.
   """
   k = rows.ids.shape[0]
   ok = rows.mask
